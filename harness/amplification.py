@@ -1,0 +1,306 @@
+"""Bias amplification (SPEC §5, eq. 6): the factors ``A_t = B_{t+1} / B_t``, their geometric mean ``A_bar``,
+and the fit of the identifiable form of Zhang et al.'s conjecture
+
+    log A_{M,t} = log c_M + log(1 + a (1 - q_t) + b u_t)
+
+with one ``c_M`` per classifier and ``a``, ``b`` shared, by least squares on seed-averaged values, with bootstrap
+intervals over seeds. Conventions are in ``docs/metrics.md``. Outputs are JSON-ready (python floats, None).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["amplification_factors", "a_bar", "bias_value", "fit_amplification"]
+
+Measure = Literal["1-meo", "md", "gap"]
+
+_Z_FLOOR = 1e-300  # stands in for 1 + a(1-q) + b u <= 0 inside the optimiser (a huge, finite residual)
+_CONSTANT_RTOL = 1e-9  # a regressor whose spread is below this fraction of its size counts as constant
+_COLLINEAR_TOL = 1e-6  # smallest singular value of the two normalised, classifier-centred regressors
+
+
+def amplification_factors(B: Sequence[float | None], eps: float = 1e-6) -> list[dict[str, Any]]:
+    """``A_t = B_{t+1} / B_t`` for ``t = 0 .. T-1`` (``B`` has ``T + 1`` entries, one per generation).
+
+    :returns: ``[{"t", "value", "reason"}]``; ``value`` is None, with a one-line ``reason``, when ``B_t`` or
+        ``B_{t+1}`` is undefined (None or NaN) or ``B_t < eps`` (no bias to amplify: the ratio is meaningless).
+    """
+    vals = [_finite_or_none(v) for v in B]
+    out: list[dict[str, Any]] = []
+    for t in range(len(vals) - 1):
+        b0, b1 = vals[t], vals[t + 1]
+        value: float | None = None
+        reason: str | None = None
+        if b0 is None:
+            reason = f"B_{t} is undefined"
+        elif b1 is None:
+            reason = f"B_{t + 1} is undefined"
+        elif b0 < eps:
+            reason = f"B_{t} = {b0:.3g} is below {eps:g}: no bias to amplify, so the ratio is not defined"
+        elif b1 < 0:
+            reason = f"B_{t + 1} = {b1:.3g} is negative: not a bias value"
+        else:
+            value = b1 / b0
+        out.append({"t": t, "value": value, "reason": reason})
+    return out
+
+
+def a_bar(factors: Sequence[Mapping[str, Any]]) -> float | None:
+    """Geometric mean of the defined ``A_t`` (None if none is defined; 0.0 if one of them is 0)."""
+    vals = [float(f["value"]) for f in factors if f.get("value") is not None]
+    if not vals:
+        return None
+    if any(v < 0 for v in vals):
+        raise ValueError(f"amplification factors must be >= 0, got {vals}")
+    if any(v == 0 for v in vals):
+        return 0.0
+    return math.exp(sum(math.log(v) for v in vals) / len(vals))
+
+
+def bias_value(metrics: Mapping[str, Any], measure: Measure) -> float | None:
+    """The bias ``B`` of one classifier at one generation, from its metrics.
+
+    ``"1-meo"`` (the default of SPEC §5): ``1 - meo``; ``"md"``: ``md``; ``"gap"``: ``bias_gap`` (worst-vs-best
+    subgroup accuracy). ``metrics`` is a per-seed dict from :func:`harness.metrics.classifier_metrics`, or an
+    aggregated one from :func:`harness.stats.aggregate` (then its ``mean`` is used: the seed-averaged bias).
+    """
+    key = {"1-meo": "meo", "md": "md", "gap": "bias_gap"}.get(measure)
+    if key is None:
+        raise ValueError(f"measure must be one of '1-meo', 'md', 'gap', got {measure!r}")
+    v = metrics.get(key)
+    if isinstance(v, Mapping):
+        v = v.get("mean")
+    v = _finite_or_none(v)
+    if v is None:
+        return None
+    return 1.0 - v if measure == "1-meo" else v
+
+
+def fit_amplification(
+    B: Any,
+    q: Any,
+    u: Any,
+    classifier_names: Sequence[str],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    eps: float = 1e-6,
+) -> dict[str, Any]:
+    """Fit ``log A_{M,t} = log c_M + log(1 + a (1 - q_t) + b u_t)`` (SPEC §5).
+
+    :param B: ``[S seeds, M classifiers, T+1 generations]`` per-seed bias values; NaN = undefined.
+    :param q: ``[S, T]`` label fidelity; ``q[:, t]`` belongs to the generator whose samples enter the training
+        set at generation ``t + 1``, so it is paired with ``A_t``.
+    :param u: ``[S, T]`` unbalanced generation, paired like ``q``.
+    :param classifier_names: ``M`` names, keys of ``"c"`` in the result.
+    :param n_boot: bootstrap resamples of the seeds (with replacement) for the 95% percentile intervals.
+    :param seed: seed of the bootstrap's ``numpy.random.Generator``.
+    :param eps: ``A_t`` is undefined where the seed-averaged ``B_t < eps``.
+    :returns: ``{"status": "ok" | "too_few_points" | "failed", "message", "n_points", "n_seeds",
+        "c": {name: {"estimate", "ci_low", "ci_high"}}, "a": {...}, "b": {...}, "r2"}``. Estimates are None
+        unless the status is ``"ok"``; intervals are None with fewer than two seeds.
+
+    The points are the seed-averaged ``A_{M,t} = mean_s B[s, M, t+1] / mean_s B[s, M, t]`` (means over the
+    seeds where B is defined) paired with ``mean_s q[s, t]`` and ``mean_s u[s, t]``. ``r2`` is
+    ``1 - SS_res / SS_tot`` of ``log A`` around its grand mean.
+    """
+    B = np.asarray(B, dtype=float)
+    q = np.asarray(q, dtype=float)
+    u = np.asarray(u, dtype=float)
+    names = [str(n) for n in classifier_names]
+    if B.ndim != 3:
+        raise ValueError(f"B must be [seeds, classifiers, generations], got shape {B.shape}")
+    S, M, T1 = B.shape
+    if q.shape != (S, T1 - 1) or u.shape != (S, T1 - 1):
+        raise ValueError(f"q and u must have shape {(S, T1 - 1)} to match B {B.shape}, got {q.shape} and {u.shape}")
+    if len(names) != M:
+        raise ValueError(f"{len(names)} classifier names for {M} classifiers in B")
+
+    point = _fit_once(_seed_mean(B), _seed_mean(q), _seed_mean(u), eps)
+    result: dict[str, Any] = {
+        "status": point["status"],
+        "message": point["message"],
+        "n_points": point["n_points"],
+        "n_seeds": int(S),
+        "c": {name: _estimate(None) for name in names},
+        "a": _estimate(None),
+        "b": _estimate(None),
+        "r2": None,
+    }
+    if point["status"] != "ok":
+        return result
+
+    theta = point["theta"]  # [log c_0 .. log c_{M-1} (NaN: no points), a, b]
+    result["r2"] = _finite_or_none(point["r2"])
+    result["a"] = _estimate(theta[M])
+    result["b"] = _estimate(theta[M + 1])
+    result["c"] = {name: _estimate(_exp_or_none(theta[m])) for m, name in enumerate(names)}
+
+    if S < 2 or n_boot < 1:
+        why = "one seed" if S < 2 else "n_boot = 0"
+        result["message"] += f"; no bootstrap intervals ({why})"
+        return result
+
+    rng = np.random.default_rng(seed)
+    draws = np.full((n_boot, M + 2), np.nan)
+    for k in range(n_boot):
+        idx = rng.integers(0, S, size=S)
+        fit = _fit_once(_seed_mean(B[idx]), _seed_mean(q[idx]), _seed_mean(u[idx]), eps, x0=theta)
+        if fit["status"] == "ok":
+            draws[k] = fit["theta"]
+    ok = int(np.isfinite(draws[:, M]).sum())
+    result["message"] += f"; bootstrap: {ok} of {n_boot} resamples of {S} seeds fitted"
+    if ok == 0:
+        return result
+
+    def interval(col: np.ndarray, transform=lambda x: x) -> tuple[float | None, float | None]:
+        col = col[np.isfinite(col)]
+        if col.size == 0:
+            return None, None
+        lo, hi = np.percentile(col, [2.5, 97.5])
+        return _finite_or_none(transform(lo)), _finite_or_none(transform(hi))
+
+    for key, j in (("a", M), ("b", M + 1)):
+        result[key]["ci_low"], result[key]["ci_high"] = interval(draws[:, j])
+    for m, name in enumerate(names):
+        if result["c"][name]["estimate"] is not None:
+            result["c"][name]["ci_low"], result["c"][name]["ci_high"] = interval(draws[:, m], math.exp)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- pieces
+
+
+def _finite_or_none(v: Any) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _exp_or_none(v: float) -> float | None:
+    return _finite_or_none(math.exp(v)) if math.isfinite(v) else None
+
+
+def _estimate(v: Any) -> dict[str, float | None]:
+    return {"estimate": _finite_or_none(v), "ci_low": None, "ci_high": None}
+
+
+def _seed_mean(x: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 of the finite entries; NaN where there is none (no warnings)."""
+    finite = np.isfinite(x)
+    count = finite.sum(axis=0)
+    total = np.where(finite, x, 0.0).sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _fit_once(Bm: np.ndarray, qm: np.ndarray, um: np.ndarray, eps: float, x0: np.ndarray | None = None) -> dict:
+    """One least-squares fit on seed-averaged ``Bm [M, T+1]``, ``qm [T]``, ``um [T]``.
+
+    Returns ``status``, ``message``, ``n_points`` and, when ok, ``theta`` (``[log c_M..., a, b]``, NaN for a
+    classifier without points) and ``r2``.
+    """
+    from scipy.optimize import least_squares  # heavy import, only when fitting
+
+    M = Bm.shape[0]
+    b0, b1 = Bm[:, :-1], Bm[:, 1:]
+    x1_t, x2_t = 1.0 - qm, um
+    with np.errstate(divide="ignore", invalid="ignore"):
+        A = b1 / b0
+    ok = np.isfinite(b0) & np.isfinite(b1) & (b0 >= eps) & (A > 0)
+    ok &= np.isfinite(x1_t)[None, :] & np.isfinite(x2_t)[None, :]
+    m_idx, t_idx = np.nonzero(ok)
+    n = int(m_idx.size)
+    present = np.unique(m_idx)
+    n_params = present.size + 2
+    excluded = int(b0.size - n)
+    base = {"n_points": n, "theta": None, "r2": None}
+    skipped = f" ({excluded} of {b0.size} (classifier, generation) ratios undefined)" if excluded else ""
+    if n < n_params + 1:
+        return base | {
+            "status": "too_few_points",
+            "message": (
+                f"too few points to fit: {n} defined amplification factors{skipped} for {n_params} parameters "
+                f"({present.size} classifier scales c_M + a + b); the fit needs at least {n_params + 1}"
+            ),
+        }
+
+    x1, x2, y = x1_t[t_idx], x2_t[t_idx], np.log(A[m_idx, t_idx])
+    col = np.searchsorted(present, m_idx)  # parameter column of each point's c_M
+    problem = _identifiability(x1, x2, col, present.size)
+    if problem:
+        return base | {"status": "failed", "message": f"a and b are not identifiable: {problem}"}
+
+    P = present.size
+    onehot = np.zeros((n, P))
+    onehot[np.arange(n), col] = 1.0
+
+    def z_of(theta: np.ndarray) -> np.ndarray:
+        return 1.0 + theta[P] * x1 + theta[P + 1] * x2
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        return theta[col] + np.log(np.maximum(z_of(theta), _Z_FLOOR)) - y
+
+    def jacobian(theta: np.ndarray) -> np.ndarray:
+        z = np.maximum(z_of(theta), _Z_FLOOR)
+        return np.column_stack([onehot, x1 / z, x2 / z])
+
+    if x0 is not None and np.isfinite(x0[-2:]).all():
+        start = np.concatenate([np.where(np.isfinite(x0[present]), x0[present], 0.0), x0[-2:]])
+    else:
+        # First-order start: log(1 + v) ≈ v makes the model linear in (log c_M, a, b).
+        start = np.linalg.lstsq(np.column_stack([onehot, x1, x2]), y, rcond=None)[0]
+    for _ in range(60):  # pull (a, b) towards 0 until 1 + a(1-q) + b u > 0 everywhere: (0, 0) is feasible
+        if z_of(start).min() > 0.05:
+            break
+        start[P:] *= 0.5
+    else:
+        start[P:] = 0.0
+
+    try:
+        res = least_squares(residuals, start, jac=jacobian, method="trf", xtol=1e-12, ftol=1e-12, gtol=1e-12)
+    except (ValueError, np.linalg.LinAlgError) as exc:  # pragma: no cover - scipy-internal failures
+        return base | {"status": "failed", "message": f"least squares failed: {exc}"}
+    if res.status <= 0 or not np.isfinite(res.x).all():
+        return base | {"status": "failed", "message": f"least squares did not converge: {res.message}"}
+    if z_of(res.x).min() <= 0:
+        return base | {"status": "failed", "message": "the fit left the region 1 + a(1-q) + b u > 0"}
+
+    ss_res = float(np.sum(res.fun**2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    theta = np.full(M + 2, np.nan)
+    theta[present] = res.x[:P]
+    theta[M:] = res.x[P:]
+    missing = M - P
+    note = f"; {missing} classifier(s) without a defined factor (c_M null)" if missing else ""
+    return base | {
+        "status": "ok",
+        "message": f"fitted {n} points from {P} classifiers{skipped}{note}",
+        "theta": theta,
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else None,
+    }
+
+
+def _identifiability(x1: np.ndarray, x2: np.ndarray, col: np.ndarray, P: int) -> str | None:
+    """Why ``a`` and ``b`` cannot be told apart from the ``c_M``, or None when they can.
+
+    Linearised at ``a = b = 0`` the model is ``log c_M + a x1 + b x2``; (a, b) are identifiable iff ``x1`` and
+    ``x2``, after removing each classifier's mean (what the ``c_M`` absorb), are linearly independent.
+    """
+    counts = np.bincount(col, minlength=P)
+    resid = []
+    for name, x in (("1 - q_t", x1), ("u_t", x2)):
+        r = x - (np.bincount(col, weights=x, minlength=P) / counts)[col]
+        size = max(float(np.linalg.norm(x)), 1e-12)
+        if np.linalg.norm(r) <= _CONSTANT_RTOL * size:
+            return f"{name} does not vary across the fitted generations (e.g. q or u constant)"
+        resid.append(r / np.linalg.norm(r))
+    s = np.linalg.svd(np.column_stack(resid), compute_uv=False)
+    if s[-1] < _COLLINEAR_TOL:
+        return "1 - q_t and u_t vary in lockstep (collinear), so their effects cannot be separated"
+    return None

@@ -1,0 +1,58 @@
+"""The ``bench`` command line. One module per command; heavy imports (torch) happen inside command bodies."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    name="bench",
+    help="Does bias get amplified when classifiers train on generated data, generation after generation?",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one line on stderr and return the Exit to raise."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
+    return typer.Exit(code)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn errors a user can cause into one line on stderr and exit code 2 (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from harness.errors import BenchError
+
+        try:
+            return fn(*args, **kwargs)
+        except BenchError as exc:
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; run the same command again to resume from the last finished unit", 130) from None
+
+    return wrapper
+
+
+from harness.cli import data as _data  # noqa: E402,F401  (registers its commands)
+from harness.cli import list as _list  # noqa: E402,F401
+from harness.cli import plugins as _plugins  # noqa: E402,F401
+from harness.cli import run as _run  # noqa: E402,F401
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except BrokenPipeError:  # e.g. `bench list datasets | head`
+        sys.exit(0)

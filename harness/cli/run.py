@@ -1,0 +1,125 @@
+"""``bench run``: run (or resume) the self-consuming loop and write the results file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from harness.cli import app, user_errors
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` or ``"0-2"`` → ``[0, 1, 2]``."""
+    from harness.errors import ConfigError
+
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                seeds += list(range(int(lo), int(hi) + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise ConfigError(f"--seeds expects integers like 0,1,2 or 0-2, got {text!r}") from None
+    return seeds
+
+
+def overrides_from_flags(**flags: Any) -> dict[str, Any]:
+    from harness.specs import deep_merge, parse_set
+
+    out: dict[str, Any] = {}
+    if flags["dataset"]:
+        out["dataset"] = {"name": flags["dataset"]}
+    if flags["generator"]:
+        out["generator"] = {"name": flags["generator"]}
+    if flags["classifier"]:
+        out["classifiers"] = list(flags["classifier"])
+    if flags["filter"] or flags["keep"] is not None:
+        out["filter"] = {}
+        if flags["filter"]:
+            out["filter"]["name"] = flags["filter"]
+        if flags["keep"] is not None:
+            out["filter"]["keep"] = flags["keep"]
+    if flags["generations"] is not None:
+        out.setdefault("loop", {})["generations"] = flags["generations"]
+    if flags["seeds"]:
+        out["seeds"] = parse_seeds(flags["seeds"])
+    for key in ("device", "precision", "data_root", "out", "preset"):
+        if flags[key] is not None:
+            out[key] = str(flags[key]) if isinstance(flags[key], Path) else flags[key]
+    return deep_merge(out, parse_set(list(flags["set"])))
+
+
+@app.command("run")
+@user_errors
+def run(
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="Dataset plugin (bench list datasets)."),
+    generator: str | None = typer.Option(None, "--generator", "-g", help="Generator plugin."),
+    classifier: list[str] = typer.Option([], "--classifier", "-c", help="Classifier plugin (repeatable)."),
+    filter: str | None = typer.Option(None, "--filter", "-f", help="Filter plugin."),
+    keep: float | None = typer.Option(None, "--keep", help="Fraction of each class's candidates to keep."),
+    generations: int | None = typer.Option(None, "--generations", "-T", help="Generations after generation 0."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Seeds: 0,1,2 or 0-2."),
+    preset: str | None = typer.Option(None, "--preset", "-p", help="quick (default) or paper."),
+    config: Path | None = typer.Option(None, "--config", help="A TOML, YAML or JSON spec file."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Where datasets live."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+    precision: str | None = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Parent directory of run directories [runs]."),
+    set: list[str] = typer.Option([], "--set", help="Any spec field, KEY.PATH=VALUE (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved spec and the plan; run nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
+) -> None:
+    """Run the self-consuming loop; print the results path on stdout and a summary on stderr.
+
+    Starting the same spec again resumes it from the last finished work unit.
+    """
+    import json
+
+    from rich.console import Console
+
+    from harness.plugins import default_plugins
+    from harness.specs import build_spec, load_config_file, resolve_spec
+
+    flags = dict(dataset=dataset, generator=generator, classifier=classifier, filter=filter, keep=keep,
+                 generations=generations, seeds=seeds, preset=preset, data_root=data_root, device=device,
+                 precision=precision, out=out, set=set)
+    plugins = default_plugins()
+    cfg = load_config_file(config) if config else {}
+
+    def paper_defaults(name: str) -> dict[str, Any]:
+        cls, _ = plugins.registry("datasets").get(name)
+        return dict(cls.paper_defaults)
+
+    spec = build_spec("quick", cfg, overrides_from_flags(**flags), paper_defaults=paper_defaults)
+    spec = resolve_spec(spec, plugins)
+    console = Console(stderr=True)
+    if dry_run:
+        from harness.loop import plan
+
+        typer.echo(json.dumps({"run_dir": str(spec.run_dir), "spec_hash": spec.spec_hash(),
+                               "spec": spec.model_dump(mode="json"),
+                               "units": [u.key for u in plan(spec)]}, indent=2))
+        return
+
+    from harness import loop
+    from harness.progress import NullReporter, RichReporter
+
+    for failed in plugins.failed:
+        console.print(f"[yellow]warning:[/] plugin {failed.name} ({failed.distribution}) failed to import: "
+                      f"{failed.error}")
+    total = len(spec.seeds) * (spec.loop.generations + 1)
+    reporter = NullReporter() if quiet else RichReporter(total, console=console)
+    try:
+        results = loop.run(spec, plugins, reporter=reporter)
+    finally:
+        reporter.close()
+    typer.echo(str(spec.run_dir / "results.json"))
+    if not quiet:
+        from harness.summary import print_summary
+
+        print_summary(results, console)

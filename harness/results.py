@@ -1,0 +1,485 @@
+"""The results file (SPEC §6): a versioned pydantic model, and how a run directory becomes one.
+
+``results.json`` is a pure function of the work units' outputs; only the ``timing`` block (and the per-stage
+wall times inside it) differs between two runs of the same spec. Its JSON Schema is committed at
+``leaderboard/schema.json``; readers reject unknown versions, unknown fields and out-of-range values, with the
+field path in the message.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harness.errors import BenchError
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "leaderboard" / "schema.json"
+
+Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNeg = Annotated[float, Field(ge=0.0)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Stat(Model):
+    """Mean over seeds with a 95% Student-t interval (``None`` with fewer than two seeds)."""
+
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+    std: float | None
+    n: int = Field(ge=0)
+
+
+class VariantAccuracy(Model):
+    acc: Prob
+    drop: float = Field(ge=-1.0, le=1.0, description="Clean accuracy minus the variant's accuracy.")
+
+
+class TrainStats(Model):
+    epochs: int = Field(ge=0)
+    best_epoch: int = Field(ge=0)
+    val_acc: float = Field(ge=-1.0, le=1.0)
+    stopped_early: bool
+    train_images: int = Field(ge=0)
+    images_seen: int = Field(ge=0)
+
+
+class ClassifierSeedMetrics(Model):
+    seed: int
+    acc: Prob
+    meo: Prob | None
+    di: float | None = Field(le=1.0, description="1 − mean |P_i/P_j − 1|; can be negative under strong disparity.")
+    md: Prob | None
+    worst_k: list[Prob | None]
+    dp: Prob | None
+    eodds: Prob | None
+    bias_gap: Prob | None
+    subgroup_acc: list[list[Prob | None]]
+    variants: dict[str, VariantAccuracy] = Field(default_factory=dict)
+    train: TrainStats
+    train_size: dict[Literal["real", "synthetic"], int]
+
+
+class ClassifierAggregate(Model):
+    acc: Stat
+    meo: Stat
+    di: Stat
+    md: Stat
+    worst_k: list[Stat]
+    dp: Stat
+    eodds: Stat
+    bias_gap: Stat
+    variants: dict[str, Stat] = Field(default_factory=dict)
+
+
+class ClassifierRecord(Model):
+    per_seed: list[ClassifierSeedMetrics]
+    mean: ClassifierAggregate
+
+
+class GeneratorSeedMetrics(Model):
+    seed: int
+    q: Prob = Field(description="Label fidelity: oracle agrees with the conditioning class.")
+    u: Prob | None = Field(description="Mean over classes of the TV distance of subgroup distributions.")
+    u_source: Literal["pixels", "oracle"] | None
+    fid: NonNeg | None
+    kid: float | None
+    fid_note: str | None
+    class_balance: list[Prob] = Field(description="Label histogram of F_t, the filtered set that enters training.")
+    oracle_class_balance: list[Prob] = Field(description="Histogram of the oracle's predictions on C_t.")
+    kept_per_class: list[int]
+    dropped_per_class: list[int]
+    relabeled: int | None
+    generator_train_size: int = Field(ge=0)
+    candidates: int = Field(ge=0)
+
+
+class GeneratorAggregate(Model):
+    q: Stat
+    u: Stat
+    fid: Stat
+    kid: Stat
+
+
+class GeneratorRecord(Model):
+    per_seed: list[GeneratorSeedMetrics]
+    mean: GeneratorAggregate
+
+
+class GenerationRecord(Model):
+    generation: int = Field(ge=0)
+    generator: GeneratorRecord | None = Field(description="None at generation 0 (real data only).")
+    classifiers: dict[str, ClassifierRecord]
+
+
+class AFactor(Model):
+    t: int = Field(ge=0)
+    value: float | None = Field(ge=0.0)
+    reason: str | None
+
+
+class ClassifierAmplification(Model):
+    bias: list[float | None] = Field(description="B_t from seed-averaged metrics, t = 0..T.")
+    A: list[AFactor]
+    A_bar: float | None = Field(ge=0.0)
+
+
+class Estimate(Model):
+    estimate: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class Fit(Model):
+    status: Literal["ok", "too_few_points", "failed"]
+    message: str
+    n_points: int = Field(ge=0)
+    n_seeds: int = Field(ge=0)
+    c: dict[str, Estimate]
+    a: Estimate
+    b: Estimate
+    r2: float | None
+
+
+class Amplification(Model):
+    measure: Literal["1-meo", "md", "gap"]
+    per_classifier: dict[str, ClassifierAmplification]
+    fit: Fit
+
+
+class PluginProvenance(Model):
+    kind: str
+    name: str
+    plugin: str
+    distribution: str | None
+    version: str | None
+
+
+class Provenance(Model):
+    harness_version: str
+    git_commit: str | None
+    python: str
+    torch: str
+    cuda: str | None
+    device: str
+    precision: str
+    platform: str
+    plugins: list[PluginProvenance]
+    dataset_source: dict[str, Any]
+    fid: dict[str, Any] | None
+    oracle: dict[str, Any] | None
+    classifiers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="What each classifier plugin built (input handling, weights)."
+    )
+
+
+class DatasetInfo(Model):
+    name: str
+    num_classes: int = Field(ge=1)
+    class_names: list[str]
+    subgroup_scope: Literal["global", "per_class"]
+    subgroup_names: list[str] | list[list[str]]
+    num_subgroups: int = Field(ge=0)
+    train_size: int = Field(ge=0)
+    test_size: int = Field(ge=0)
+    image_shape: list[int]
+    variants: list[str]
+
+
+class StageTiming(Model):
+    seconds: NonNeg
+    images: int = Field(ge=0)
+    images_per_s: NonNeg | None
+
+
+class Timing(Model):
+    total_s: NonNeg
+    stages: dict[str, StageTiming]
+    finished_at: str
+
+
+class Results(Model):
+    schema_version: Literal[1]
+    run_id: str
+    spec_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    status: Literal["complete", "partial"]
+    last_generation: int = Field(ge=-1, description="Last generation finished by every seed (-1: none).")
+    spec: dict[str, Any]
+    provenance: Provenance
+    dataset: DatasetInfo
+    generations: list[GenerationRecord]
+    amplification: Amplification | None
+    timing: Timing
+
+    @model_validator(mode="after")
+    def _spec_is_a_run_spec(self) -> Results:
+        from harness.specs import RunSpec
+
+        RunSpec.model_validate(self.spec)
+        return self
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Results.model_json_schema()
+    schema["$id"] = f"https://bench.example/schema/results-v{SCHEMA_VERSION}.json"
+    schema["title"] = f"bench results, schema_version {SCHEMA_VERSION}"
+    return schema
+
+
+def load_results(path: Path) -> Results:
+    """Read and validate a results file; :class:`BenchError` naming the file and the field on any problem."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"{path}: cannot read a results file ({exc})") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise BenchError(f"{path}: unknown schema_version {version!r} (this bench reads {SCHEMA_VERSION})")
+    try:
+        return Results.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise BenchError(f"{path}: {loc}: {err['msg']}") from None
+
+
+def write_results(run_dir: Path, results: Results) -> Path:
+    from harness.rundir import write_json
+
+    path = run_dir / "results.json"
+    write_json(path, results.model_dump(mode="json"))
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- collecting
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance(ctx: Any, oracle: dict[str, Any] | None) -> Provenance:
+    import torch
+
+    from harness import __version__
+
+    spec = ctx.spec
+    used = {
+        "datasets": [spec.dataset.name],
+        "generators": [spec.generator.name],
+        "classifiers": sorted({*spec.classifier_names, spec.metrics.oracle.classifier.name}),
+        "filters": [spec.filter.name],
+    }
+    plugins = []
+    for kind, names in used.items():
+        for name in names:
+            entry, _ = ctx.plugins.registry(kind).entry(name)
+            plugins.append(PluginProvenance(kind=kind, name=name, plugin=entry.plugin,
+                                            distribution=entry.distribution, version=entry.version))
+    return Provenance(
+        harness_version=__version__,
+        git_commit=_git_commit(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        cuda=torch.version.cuda if ctx.device.startswith("cuda") else None,
+        device=ctx.device,
+        precision=ctx.precision,
+        platform=platform.platform(),
+        plugins=plugins,
+        dataset_source=dict(ctx.data.source),
+        fid=None,
+        oracle=oracle,
+    )
+
+
+def _train_stats(train: dict[str, Any]) -> dict[str, Any]:
+    return {k: train[k] for k in TrainStats.model_fields}
+
+
+def collect_results(ctx: Any, *, elapsed: float) -> Results:
+    """Build :class:`Results` from whatever units have finished (``status = "partial"`` if not all)."""
+    import numpy as np
+
+    from harness.amplification import a_bar, amplification_factors, bias_value, fit_amplification
+    from harness.loop import RESULT, plan, unit
+    from harness.rundir import read_json
+    from harness.stats import aggregate, mean_ci
+
+    spec, run_dir, data = ctx.spec, ctx.run_dir, ctx.data
+    units = plan(spec)
+
+    def result_of(u) -> dict[str, Any] | None:
+        path = u.directory(run_dir) / RESULT
+        return read_json(path) if path.exists() else None
+
+    # timing per stage, over every finished unit
+    stages: dict[str, dict[str, float]] = {}
+    for u in units:
+        r = result_of(u)
+        if r is None:
+            continue
+        s = stages.setdefault(u.stage, {"seconds": 0.0, "images": 0})
+        s["seconds"] += r["timing"]["seconds"]
+        s["images"] += r["timing"]["images"]
+    timing = Timing(
+        total_s=elapsed,
+        stages={k: StageTiming(seconds=v["seconds"], images=int(v["images"]),
+                               images_per_s=v["images"] / v["seconds"] if v["seconds"] > 0 else None)
+                for k, v in stages.items()},
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+    # the last generation that every seed finished
+    last = -1
+    for t in range(spec.loop.generations + 1):
+        block = [u for u in units if u.seed is not None and u.generation == t]
+        if all(u.is_done(run_dir) for u in block):
+            last = t
+        else:
+            break
+
+    generations: list[GenerationRecord] = []
+    for t in range(last + 1):
+        classifiers = {}
+        for m in spec.classifier_names:
+            per_seed = []
+            for s in spec.seeds:
+                r = result_of(unit("classifier", s, t, m))
+                metrics = {k: v for k, v in r["metrics"].items()}
+                per_seed.append(ClassifierSeedMetrics(
+                    seed=s, **metrics, variants=r["variants"], train=_train_stats(r["train"]),
+                    train_size=r["train_size"],
+                ))
+            flat = [{k: v for k, v in p.model_dump().items() if k not in ("seed", "train", "train_size", "variants",
+                                                                          "subgroup_acc")} for p in per_seed]
+            agg = aggregate(flat)
+            agg["variants"] = {
+                v: mean_ci([p.variants[v].acc for p in per_seed]) for v in (per_seed[0].variants if per_seed else {})
+            }
+            classifiers[m] = ClassifierRecord(per_seed=per_seed, mean=ClassifierAggregate(**agg))
+        generator = None
+        if t > 0:
+            gens = []
+            for s in spec.seeds:
+                ev = result_of(unit("evaluate", s, t))
+                fl = result_of(unit("filter", s, t))
+                gr = result_of(unit("generator", s, t))
+                sm = result_of(unit("sample", s, t))
+                gens.append(GeneratorSeedMetrics(
+                    seed=s, q=ev["q"], u=ev["u"], u_source=ev["u_source"], fid=ev["fid"], kid=ev["kid"],
+                    fid_note=ev["fid_note"], class_balance=ev["class_balance"],
+                    oracle_class_balance=ev["oracle_class_balance"], kept_per_class=fl["kept_per_class"],
+                    dropped_per_class=fl["dropped_per_class"], relabeled=fl["relabeled"],
+                    generator_train_size=gr["train_size"], candidates=sm["count"],
+                ))
+            generator = GeneratorRecord(per_seed=gens, mean=GeneratorAggregate(
+                **{k: mean_ci([getattr(g, k) for g in gens]) for k in ("q", "u", "fid", "kid")}
+            ))
+        generations.append(GenerationRecord(generation=t, generator=generator, classifiers=classifiers))
+
+    amplification = None
+    if last >= 0:
+        measure = spec.metrics.bias
+        names = list(spec.classifier_names)
+        per_classifier = {}
+        B = np.full((len(spec.seeds), len(names), last + 1), np.nan)
+        for mi, m in enumerate(names):
+            for t, g in enumerate(generations):
+                for si, p in enumerate(g.classifiers[m].per_seed):
+                    v = bias_value(p.model_dump(), measure)
+                    B[si, mi, t] = np.nan if v is None else v
+            seed_avg = [None if np.all(np.isnan(B[:, mi, t])) else float(np.nanmean(B[:, mi, t]))
+                        for t in range(last + 1)]
+            factors = amplification_factors(seed_avg)
+            per_classifier[m] = ClassifierAmplification(bias=seed_avg, A=factors, A_bar=a_bar(factors))
+        q = np.full((len(spec.seeds), last), np.nan)
+        u = np.full((len(spec.seeds), last), np.nan)
+        for t in range(1, last + 1):
+            for si, g in enumerate(generations[t].generator.per_seed):
+                q[si, t - 1] = g.q
+                u[si, t - 1] = np.nan if g.u is None else g.u
+        fit = fit_amplification(B, q, u, names, n_boot=spec.metrics.bootstrap, seed=0)
+        amplification = Amplification(measure=measure, per_classifier=per_classifier, fit=Fit(**fit))
+
+    oracle = result_of(unit("oracle", None, 0))
+    oracle_info = None if oracle is None else {
+        k: oracle[k] for k in ("classifier", "joint", "test_acc", "subgroup_test_acc")
+    }
+    prov = provenance(ctx, oracle_info)
+    described = {}
+    for m in spec.classifier_names:
+        r = result_of(unit("classifier", spec.seeds[0], 0, m))
+        if r is not None:
+            described[m] = r.get("model", {})
+    prov = prov.model_copy(update={"classifiers": described})
+    fid_info = _fid_provenance(ctx, units, result_of)
+    if fid_info is not None:
+        prov = prov.model_copy(update={"fid": fid_info})
+    train, test = data.train, data.test
+    complete = last == spec.loop.generations and all(u.is_done(run_dir) for u in units)
+    return Results(
+        schema_version=SCHEMA_VERSION,
+        run_id=spec.run_id,
+        spec_hash=spec.spec_hash(),
+        status="complete" if complete else "partial",
+        last_generation=last,
+        spec=spec.identity(),
+        provenance=prov,
+        dataset=DatasetInfo(
+            name=spec.dataset.name,
+            num_classes=data.num_classes,
+            class_names=list(data.class_names),
+            subgroup_scope=data.subgroup_scope,
+            subgroup_names=[list(n) if isinstance(n, tuple) else n for n in data.subgroup_names],
+            num_subgroups=data.num_subgroups,
+            train_size=len(train),
+            test_size=len(test),
+            image_shape=list(train.shape),
+            variants=sorted(data.variants),
+        ),
+        generations=generations,
+        amplification=amplification,
+        timing=timing,
+    )
+
+
+def _fid_provenance(ctx: Any, units: list, result_of: Any) -> dict[str, Any] | None:
+    fid = ctx.spec.metrics.fid
+    if fid.backbone == "none":
+        return None
+    for u in units:
+        if u.stage == "evaluate":
+            r = result_of(u)
+            if r is not None and r.get("fid_provenance"):
+                return r["fid_provenance"]
+    return {"backbone": fid.backbone}
+
+
+def write_schema(path: Path = SCHEMA_PATH) -> Path:
+    """Write the committed JSON Schema (``python -m harness.results`` regenerates it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(f"{write_schema()}\n")

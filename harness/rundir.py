@@ -1,0 +1,55 @@
+"""Atomic file I/O for the run directory: a file either exists whole or not at all.
+
+Every write goes to a temporary file in the same directory, is flushed and fsync'ed, then renamed over the
+target (``os.replace`` is atomic on POSIX). A work unit writes its ``result.json`` last, so its presence marks the
+unit as done; a unit killed half-way leaves no ``result.json`` and is simply run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def save_tensors(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    _atomic_write(path, lambda p: save_file(flat, str(p), metadata=dict(metadata or {})))
+
+
+def load_tensors(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

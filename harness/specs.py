@@ -1,0 +1,334 @@
+"""What a run is: the pydantic run spec, its presets, and how files and flags build one.
+
+A spec is built in layers, each deep-merged over the last: the preset (``quick`` by default), a config file
+(TOML, YAML or JSON), then command-line flags. Core-owned choices are closed ``Literal`` sets; plugin-owned
+choices are ``name`` + ``options``, and the options are validated by the plugin's own ``Options`` model when the
+spec is *resolved* against the installed plugins. The resolved spec (defaults filled in) is what gets hashed,
+recorded in the results and compared between leaderboard entries.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import ConfigError
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PluginSpec(Spec):
+    """A plugin by registry name, with its options (validated by the plugin's ``Options`` model)."""
+
+    name: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class FilterSpec(PluginSpec):
+    """The filter and the fraction of each class's candidates it keeps (SPEC §1)."""
+
+    keep: float = Field(0.9, gt=0.0, le=1.0)
+
+
+class LoopSpec(Spec):
+    """The self-consuming loop (SPEC §2)."""
+
+    generations: int = Field(5, ge=0, le=1000, description="T: generations after the real-data generation 0.")
+    samples_per_generation: int | None = Field(
+        None, ge=1, description="S = |C_t|, candidates generated per generation. None: |D_real|."
+    )
+    queue_capacity: int = Field(3, ge=1, description="K: filtered synthetic sets kept (regime 'stack').")
+    mix_ratio: float = Field(
+        0.5, ge=0.0, le=100.0, description="Synthetic part of D_t = round(mix_ratio × |D_real|) images."
+    )
+    regime: Literal["stack", "accumulate", "replace"] = "stack"
+    labeler: Literal["conditioning", "previous_classifier"] = "conditioning"
+    labeler_classifier: str | None = Field(
+        None, description="With labeler=previous_classifier: which classifier labels (default: the first)."
+    )
+
+
+class TrainingSpec(Spec):
+    """The classifier training recipe. The harness owns it so that entries are comparable (SPEC §1)."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only.")
+    batch_size: int = Field(128, ge=1)
+    max_epochs: int = Field(50, ge=1, le=1000)
+    patience: int = Field(3, ge=1, description="Early stopping: epochs without a better held-out accuracy.")
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Held-out split of D_t for early stopping.")
+    augment: Literal["none", "flip", "crop", "crop-flip"] = "none"
+    eval_batch_size: int = Field(512, ge=1)
+
+
+class OracleSpec(Spec):
+    """The oracle (SPEC §4): trained once per run on D_real, fixed; gives q_t (and u_t when not observable)."""
+
+    classifier: PluginSpec = Field(default_factory=lambda: PluginSpec(name="lenet"))
+    max_epochs: int = Field(10, ge=1, le=1000)
+
+
+class FidSpec(Spec):
+    """FID/KID (SPEC §4). ``backbone="none"`` turns them off explicitly (reported as null, with the reason)."""
+
+    backbone: str = Field("inception-tf2015", min_length=1)
+    samples: int = Field(10_000, ge=2, description="Generated images used (at most |C_t|).")
+    real_samples: int = Field(10_000, ge=2, description="Real test images used (at most |test|).")
+    kid_subset_size: int = Field(1000, ge=2)
+
+
+class MetricsSpec(Spec):
+    fid: FidSpec = Field(default_factory=FidSpec)
+    oracle: OracleSpec = Field(default_factory=OracleSpec)
+    bias: Literal["1-meo", "md", "gap"] = Field("1-meo", description="B_t of SPEC §5.")
+    bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples (over seeds) for the fit's intervals.")
+
+
+class RunSpec(Spec):
+    """One run: a dataset, a generator, classifiers, a filter, the loop, the recipe, the metrics, the seeds."""
+
+    preset: str | None = None
+    dataset: PluginSpec
+    generator: PluginSpec
+    classifiers: tuple[PluginSpec, ...] = Field(min_length=1)
+    filter: FilterSpec = Field(default_factory=lambda: FilterSpec(name="none", keep=1.0))
+    loop: LoopSpec = Field(default_factory=LoopSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    seeds: tuple[int, ...] = Field((0,), min_length=1)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N. Not part of the spec hash.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    data_root: Path | None = Field(None, description="Where datasets live. Not part of the spec hash.")
+    out: Path = Field(Path("runs"), description="Parent of the run directory. Not part of the spec hash.")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        if any(s < 0 for s in seeds):
+            raise ValueError("seeds must be non-negative")
+        return seeds
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit()):
+            return device
+        raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+
+    @model_validator(mode="after")
+    def _classifier_names(self) -> RunSpec:
+        names = [c.name for c in self.classifiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"classifiers must be distinct, got {names}")
+        lc = self.loop.labeler_classifier
+        if lc is not None and lc not in names:
+            raise ValueError(f"loop.labeler_classifier {lc!r} is not one of the classifiers {names}")
+        return self
+
+    # ---------------------------------------------------------------- identity
+
+    def identity(self) -> dict[str, Any]:
+        """The normalised spec without execution-only fields: what the hash covers."""
+        return self.model_dump(mode="json", exclude={"device", "data_root", "out"})
+
+    def spec_hash(self) -> str:
+        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.dataset.name}-{self.generator.name}-{self.spec_hash()[:10]}".replace(":", "_")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / self.run_id
+
+    @property
+    def classifier_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classifiers)
+
+
+# --------------------------------------------------------------------------------------------------- presets
+
+#: ``quick`` — the default job: finishes in minutes on 2 CPU cores with the embedded MNIST (no download).
+QUICK: dict[str, Any] = {
+    "dataset": {"name": "colored-mnist", "options": {"source": "embedded", "bias": "biased"}},
+    "generator": {"name": "dcgan", "options": {}},
+    "classifiers": ["lenet", "timm:test_resnet"],
+    "filter": {"name": "uncertainty", "keep": 0.9},
+    "loop": {"generations": 5, "samples_per_generation": 2000, "queue_capacity": 3, "mix_ratio": 0.5},
+    "training": {"max_epochs": 4, "patience": 2, "batch_size": 128, "lr": 1e-3},
+    "metrics": {"fid": {"backbone": "none"}, "oracle": {"classifier": "lenet", "max_epochs": 6}},
+    "seeds": [0],
+}
+
+#: ``paper`` — Zhang et al.'s defaults (SPEC §2): T = 10, K = 3, Adam, ≤ 50 epochs with early stopping, 3 seeds;
+#: ``keep`` and ``T`` per dataset come from the dataset plugin's ``paper_defaults``.
+PAPER: dict[str, Any] = {
+    "dataset": {"name": "colored-mnist", "options": {"bias": "biased"}},
+    "generator": {"name": "dcgan", "options": {}},
+    "classifiers": ["lenet", "alexnet", "vgg19", "resnet50", "mobilenet-v3"],
+    "filter": {"name": "uncertainty", "keep": 0.9},
+    "loop": {"generations": 10, "samples_per_generation": None, "queue_capacity": 3, "mix_ratio": 0.5},
+    "training": {"optimizer": "adam", "lr": 1e-3, "max_epochs": 50, "patience": 5},
+    "metrics": {"fid": {"backbone": "inception-tf2015", "samples": 10_000, "real_samples": 10_000}},
+    "seeds": [0, 1, 2],
+}
+
+PRESETS: dict[str, dict[str, Any]] = {"quick": QUICK, "paper": PAPER}
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` wins; mappings merge recursively. A plugin whose ``name`` changes loses the old ``options``."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        old = out.get(key)
+        if isinstance(old, str) and isinstance(value, Mapping) and key in ("dataset", "generator", "filter"):
+            old = {"name": old}
+        if isinstance(value, str) and isinstance(old, Mapping) and key in ("dataset", "generator", "filter"):
+            value = {"name": value}
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            if "name" in value and old.get("name") != value["name"]:
+                old = {k: v for k, v in old.items() if k != "options"}
+            out[key] = deep_merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML, YAML or JSON spec file into a dict (``ConfigError`` on any problem)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path} must end in .toml, .yaml, .yml or .json")
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - parser errors vary by format
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot parse config file {path}: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def parse_set(assignments: list[str]) -> dict[str, Any]:
+    """``["loop.mix_ratio=0.3", "seeds=[0,1]"]`` → nested dict; values parsed as YAML scalars/lists."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY.PATH=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r} conflicts with another --set")
+        node[parts[-1]] = value
+    return out
+
+
+def format_validation_error(exc: ValidationError, where: str = "spec") -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid {where}: {loc or '<root>'}: {msg}{shown}{more}"
+
+
+def build_spec(
+    preset: str | None = "quick",
+    config: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    paper_defaults: Callable[[str], Mapping[str, Any]] | None = None,
+) -> RunSpec:
+    """Preset ← the dataset's paper defaults (``paper`` only) ← config file ← flags, validated.
+
+    Plugin options are checked later, against the installed plugins, by :func:`resolve_spec`.
+    """
+    config = dict(config or {})
+    preset = (overrides or {}).get("preset") or config.pop("preset", None) or preset
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(PRESETS)}")
+    user = deep_merge(config, {k: v for k, v in (overrides or {}).items() if k != "preset"})
+    layers: dict[str, Any] = copy.deepcopy(PRESETS[preset]) if preset else {}
+    if preset == "paper" and paper_defaults is not None:
+        dataset = deep_merge(layers, user).get("dataset")
+        name = dataset.get("name") if isinstance(dataset, Mapping) else dataset
+        if isinstance(name, str):
+            layers = deep_merge(layers, dict(paper_defaults(name)))
+    layers = deep_merge(layers, user)
+    layers["preset"] = preset
+    try:
+        return RunSpec.model_validate(layers)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def validate_options(kind: str, plugin: PluginSpec, cls: type) -> dict[str, Any]:
+    """Validate ``plugin.options`` with ``cls.Options``; return them normalised (all defaults filled in)."""
+    try:
+        model = cls.Options.model_validate(plugin.options)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where=f"options for {kind[:-1]} {plugin.name!r}")) from None
+    return model.model_dump(mode="json")
+
+
+def resolve_spec(spec: RunSpec, plugins: Any) -> RunSpec:
+    """Check every plugin name against its registry and normalise its options with its ``Options`` model."""
+
+    def norm(kind: str, p: PluginSpec) -> dict[str, Any]:
+        cls, _ = plugins.registry(kind).get(p.name)
+        return {**p.model_dump(), "options": validate_options(kind, p, cls)}
+
+    data = spec.model_dump()
+    data["dataset"] = norm("datasets", spec.dataset)
+    data["generator"] = norm("generators", spec.generator)
+    data["classifiers"] = [norm("classifiers", c) for c in spec.classifiers]
+    data["filter"] = norm("filters", spec.filter)
+    oracle = spec.metrics.oracle.classifier
+    data["metrics"]["oracle"]["classifier"] = norm("classifiers", oracle)
+    return RunSpec.model_validate(data)
