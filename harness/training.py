@@ -116,11 +116,11 @@ class TrainedClassifier:
             for start in range(0, images.shape[0], self.batch_size):
                 outs.append(self.model(self.prep(images[start : start + self.batch_size])).float().cpu())
         self.model.eval()
-        if not outs:
-            return torch.empty(0, 0)
-        return torch.cat(outs)
+        return torch.cat(outs) if outs else torch.empty(0, 0)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[0] == 0:
+            return torch.empty(0, dtype=torch.int64)
         return self.logits(images).argmax(1)
 
 

@@ -44,10 +44,18 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-from harness.cli import data as _data  # noqa: E402,F401  (registers its commands)
-from harness.cli import list as _list  # noqa: E402,F401
-from harness.cli import plugins as _plugins  # noqa: E402,F401
-from harness.cli import run as _run  # noqa: E402,F401
+def _register_commands() -> None:
+    """Import each command module (one per command); each registers itself on ``app``. No torch here."""
+    import importlib
+    import importlib.util
+
+    for name in COMMANDS:
+        if importlib.util.find_spec(f"harness.cli.{name}") is not None:
+            importlib.import_module(f"harness.cli.{name}")
+
+
+COMMANDS = ("run", "list", "plugins", "data", "review", "report", "leaderboard", "sweep")
+_register_commands()
 
 
 def main() -> None:

@@ -71,6 +71,8 @@ def run(
     precision: str | None = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Parent directory of run directories [runs]."),
     set: list[str] = typer.Option([], "--set", help="Any spec field, KEY.PATH=VALUE (repeatable)."),
+    executor: str = typer.Option("local", "--executor", help="Where work units run: local (default) or ray."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="An existing Ray cluster (with --executor ray)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved spec and the plan; run nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
 ) -> None:
@@ -107,7 +109,10 @@ def run(
         return
 
     from harness import loop
+    from harness.executor import create_executor
     from harness.progress import NullReporter, RichReporter
+
+    runner = create_executor(executor, ray_address=ray_address)
 
     for failed in plugins.failed:
         console.print(f"[yellow]warning:[/] plugin {failed.name} ({failed.distribution}) failed to import: "
@@ -115,7 +120,7 @@ def run(
     total = len(spec.seeds) * (spec.loop.generations + 1)
     reporter = NullReporter() if quiet else RichReporter(total, console=console)
     try:
-        results = loop.run(spec, plugins, reporter=reporter)
+        results = loop.run(spec, plugins, reporter=reporter, executor=runner)
     finally:
         reporter.close()
     typer.echo(str(spec.run_dir / "results.json"))
