@@ -565,6 +565,10 @@ def run(spec: RunSpec, plugins: Any, *, reporter: Any = None, executor: Any = No
     reporter = reporter or NullReporter()
     ctx = RunContext(spec, spec.run_dir, plugins, reporter)
     _ = ctx.data  # load (and verify) the dataset first: missing data fails before any work or progress
+    if spec.metrics.fid.backbone != "none":
+        from harness.fid import preflight
+
+        preflight(spec.metrics.fid.backbone)  # missing FID weights fail now, not after a generation of work
     run_dir = prepare_run_dir(spec)
     hook = plugins.pm.hook
     hook.on_run_start(spec=spec, run_dir=run_dir)

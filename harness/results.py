@@ -94,6 +94,7 @@ class GeneratorSeedMetrics(Model):
     u_source: Literal["pixels", "oracle"] | None
     fid: NonNeg | None
     kid: float | None
+    kid_std: float | None = None
     fid_note: str | None
     class_balance: list[Prob] = Field(description="Label histogram of F_t, the filtered set that enters training.")
     oracle_class_balance: list[Prob] = Field(description="Histogram of the oracle's predictions on C_t.")
@@ -383,7 +384,7 @@ def collect_results(ctx: Any, *, elapsed: float) -> Results:
                 gr = result_of(unit("generator", s, t))
                 sm = result_of(unit("sample", s, t))
                 gens.append(GeneratorSeedMetrics(
-                    seed=s, q=ev["q"], u=ev["u"], u_source=ev["u_source"], fid=ev["fid"], kid=ev["kid"],
+                    seed=s, q=ev["q"], u=ev["u"], u_source=ev["u_source"], fid=ev["fid"], kid=ev["kid"], kid_std=ev.get("kid_std"),
                     fid_note=ev["fid_note"], class_balance=ev["class_balance"],
                     oracle_class_balance=ev["oracle_class_balance"], kept_per_class=fl["kept_per_class"],
                     dropped_per_class=fl["dropped_per_class"], relabeled=fl["relabeled"],

@@ -86,7 +86,10 @@ class OracleSpec(Spec):
 class FidSpec(Spec):
     """FID/KID (SPEC §4). ``backbone="none"`` turns them off explicitly (reported as null, with the reason)."""
 
-    backbone: str = Field("inception-tf2015", min_length=1)
+    backbone: Literal["inception-tf2015", "random-conv-test", "none"] = Field(
+        "inception-tf2015",
+        description="inception-tf2015: the standard; random-conv-test: a fixed random net, NOT comparable (tests).",
+    )
     samples: int = Field(10_000, ge=2, description="Generated images used (at most |C_t|).")
     real_samples: int = Field(10_000, ge=2, description="Real test images used (at most |test|).")
     kid_subset_size: int = Field(1000, ge=2)
