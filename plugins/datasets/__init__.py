@@ -6,3 +6,7 @@ from harness.hookspecs import hookimpl
 @hookimpl
 def register_datasets(register):
     register("colored-mnist", "plugins.datasets.colored_mnist:ColoredMNIST")
+    register("cifar20", "plugins.datasets.cifar:CIFAR20")
+    register("cifar100", "plugins.datasets.cifar:CIFAR100")
+    register("hard-imagenet", "plugins.datasets.hard_imagenet:HardImageNet")
+    register("breeds", "plugins.datasets.breeds:Breeds")
