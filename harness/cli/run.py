@@ -128,3 +128,13 @@ def run(
         from harness.summary import print_summary
 
         print_summary(results, console)
+    from harness.errors import BenchError
+    from harness.report import write_report
+
+    try:
+        figures = write_report(spec.run_dir)
+    except BenchError as exc:
+        console.print(f"[yellow]warning:[/] report: {exc}")
+    else:
+        if not quiet:
+            console.print(f"figures: {spec.run_dir / 'report'} ({len(figures)} PNG)")
