@@ -274,9 +274,16 @@ class Generator(ABC):
         self.class_names = tuple(class_names)
         self.runtime = runtime
 
+    @classmethod
+    def preflight(cls, options: Options) -> None:
+        """Called once when a run starts, before any work: raise :class:`harness.errors.WeightsError` (or
+        ``ConfigError``) now if the options name weights that are not on disk. Must be cheap; the default checks
+        nothing."""
+
     @abstractmethod
-    def fit(self, data: ImageSet) -> Mapping[str, float]:
-        """Train from scratch on ``data`` (uint8 images, labels). Returns training statistics (recorded)."""
+    def fit(self, data: ImageSet) -> Mapping[str, Any]:
+        """Train from scratch on ``data`` (uint8 images, labels). Returns training statistics (recorded in the
+        unit's ``result.json``: numbers, or strings such as a base model's path and hash)."""
 
     @abstractmethod
     def sample(self, labels: torch.Tensor) -> torch.Tensor:
@@ -369,6 +376,10 @@ class Filter(ABC):
 
     def __init__(self, options: Options):
         self.options = options
+
+    @classmethod
+    def preflight(cls, options: Options) -> None:
+        """Like :meth:`Generator.preflight`: fail at run start when weights the filter needs are missing."""
 
     @abstractmethod
     def score(self, candidates: ImageSet, context: FilterContext) -> torch.Tensor:

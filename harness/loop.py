@@ -565,6 +565,9 @@ def run(spec: RunSpec, plugins: Any, *, reporter: Any = None, executor: Any = No
     reporter = reporter or NullReporter()
     ctx = RunContext(spec, spec.run_dir, plugins, reporter)
     _ = ctx.data  # load (and verify) the dataset first: missing data fails before any work or progress
+    for kind, pspec in (("generators", spec.generator), ("filters", spec.filter)):
+        cls, _ = plugins.registry(kind).get(pspec.name)
+        cls.preflight(cls.Options.model_validate(pspec.options))  # missing weights fail before any work
     if spec.metrics.fid.backbone != "none":
         from harness.fid import preflight
 

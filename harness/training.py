@@ -34,12 +34,18 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """``auto``: bf16 where the hardware has it (recent GPUs, and CPUs with bf16 autocast), else fp32."""
+    """``auto``: bf16 where the hardware computes it natively, else fp16 on older GPUs and fp32 on CPUs.
+
+    CPUs without AVX-512-BF16 or AMX emulate bf16 and run it several times *slower* than fp32 (measured here on an
+    AVX2 EPYC: DDPM training 12× slower), so ``auto`` only picks bf16 on CPUs that have it.
+    """
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16"
+    if device == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return "bf16"
+    return "fp32"
 
 
 def autocast(device: str, precision: str):
