@@ -358,6 +358,8 @@ class FilterContext:
     :ivar class_names: the dataset's class names.
     :ivar runtime: device, precision, seed, progress.
     :ivar review_dir: a directory for human-in-the-loop filters (contact sheets, decisions).
+    :ivar seed: the seed of the chain the candidates belong to.
+    :ivar run_dir: the run directory.
     """
 
     generation: int
@@ -365,6 +367,8 @@ class FilterContext:
     class_names: tuple[str, ...]
     runtime: Runtime
     review_dir: Path
+    seed: int | None = None  # the chain's seed (the run's spec seed, not the unit's RNG seed)
+    run_dir: Path | None = None
 
 
 class Filter(ABC):
@@ -387,6 +391,10 @@ class Filter(ABC):
 
         :raises harness.errors.ReviewPending: a human-review filter whose decisions do not exist yet.
         """
+
+    def describe(self) -> Mapping[str, Any]:
+        """Recorded in the filter unit's result and the results' provenance (e.g. weights file and sha256)."""
+        return {}
 
     def select(self, scores: torch.Tensor, labels: torch.Tensor, keep: float) -> torch.Tensor | None:
         """Optionally override the harness's per-class top-``keep`` rule; return a bool mask, or ``None``."""

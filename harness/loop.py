@@ -388,7 +388,8 @@ def _filter(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
     relabel = spec.loop.labeler == "previous_classifier"
     previous = ctx.classifiers_of(u.seed, t - 1) if (plugin.needs_classifiers or relabel) else []
     runtime = ctx.runtime(u, out)
-    context = FilterContext(t, tuple(previous), ctx.data.class_names, runtime, ctx.run_dir / "review" / f"seed-{u.seed}" / f"gen-{t:03d}")
+    review_dir = ctx.run_dir / "review" / f"seed-{u.seed}" / f"gen-{t:03d}"
+    context = FilterContext(t, tuple(previous), ctx.data.class_names, runtime, review_dir, u.seed, ctx.run_dir)
     scores = torch.as_tensor(plugin.score(candidates, context), dtype=torch.float32).flatten()
     if scores.numel() != len(candidates) or not bool(torch.isfinite(scores).all()):
         raise RuntimeError(f"filter {spec.filter.name!r} must return one finite score per candidate")
@@ -412,6 +413,7 @@ def _filter(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
         "dropped_per_class": (per_class - kept).tolist(),
         "kept": int(index.numel()),
         "relabeled": changed,
+        "filter": dict(plugin.describe()),
         "_images": len(candidates),
     }
 

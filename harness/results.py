@@ -182,6 +182,7 @@ class Provenance(Model):
     classifiers: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="What each classifier plugin built (input handling, weights)."
     )
+    filter: dict[str, Any] = Field(default_factory=dict, description="What the filter used (e.g. weights).")
 
 
 class DatasetInfo(Model):
@@ -429,7 +430,9 @@ def collect_results(ctx: Any, *, elapsed: float) -> Results:
         r = result_of(unit("classifier", spec.seeds[0], 0, m))
         if r is not None:
             described[m] = r.get("model", {})
-    prov = prov.model_copy(update={"classifiers": described})
+    first_filter = result_of(unit("filter", spec.seeds[0], 1)) if spec.loop.generations else None
+    prov = prov.model_copy(update={"classifiers": described,
+                                   "filter": (first_filter or {}).get("filter", {})})
     fid_info = _fid_provenance(ctx, units, result_of)
     if fid_info is not None:
         prov = prov.model_copy(update={"fid": fid_info})

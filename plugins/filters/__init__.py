@@ -8,3 +8,5 @@ def register_filters(register):
     register("none", "plugins.filters.none:NoFilter")
     register("random", "plugins.filters.random:RandomFilter")
     register("uncertainty", "plugins.filters.uncertainty:Uncertainty")
+    register("clip", "plugins.filters.clip:ClipFilter")
+    register("manual", "plugins.filters.manual:ManualFilter")
