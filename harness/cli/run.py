@@ -123,6 +123,9 @@ def run(
         results = loop.run(spec, plugins, reporter=reporter, executor=runner)
     finally:
         reporter.close()
+        close = getattr(runner, "close", None)
+        if close is not None:
+            close()
     typer.echo(str(spec.run_dir / "results.json"))
     if not quiet:
         from harness.summary import print_summary
