@@ -298,32 +298,14 @@ def _partial_results(run: SweepRun) -> Any:
 # --------------------------------------------------------------------------------------------------- progress
 
 
-class _NullTask:
-    def advance(self, n: int = 1) -> None:
-        pass
-
-
-class _NullRunReporter:
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[_NullTask]:
-        yield _NullTask()
-
-    def stage(self, description: str) -> contextlib.AbstractContextManager:
-        return self.task(description, None)
-
-    def generation(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class NullSweepReporter:
     """Reports nothing."""
 
     @contextlib.contextmanager
     def run(self, run: SweepRun) -> Iterator[Any]:
-        yield _NullRunReporter()
+        from harness.progress import NullReporter
+
+        yield NullReporter()
 
     def close(self) -> None:
         pass

@@ -21,7 +21,7 @@ from plugins.classifiers._weights import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from torch import nn
+    pass
 
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # AlexNet_Weights.IMAGENET1K_V1
 

@@ -25,14 +25,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch.nn import functional as F
 
 from harness.errors import ConfigError
-from harness.hookspecs import Generator, Options, Runtime
+from harness.hookspecs import Generator, Options
 from harness.imageset import ImageSet, from_unit_float
 
 
@@ -117,24 +117,9 @@ class DDPM(Generator):
 
     options: DDPM.Options
 
-    def __init__(
-        self,
-        options: DDPM.Options,
-        *,
-        num_classes: int,
-        channels: int,
-        image_size: int,
-        class_names,
-        runtime: Runtime,
-    ):
-        super().__init__(
-            options,
-            num_classes=num_classes,
-            channels=channels,
-            image_size=image_size,
-            class_names=class_names,
-            runtime=runtime,
-        )
+    def __init__(self, options: DDPM.Options, **context: Any):
+        super().__init__(options, **context)  # num_classes, channels, image_size, class_names, runtime
+        num_classes, channels, image_size, runtime = self.num_classes, self.channels, self.image_size, self.runtime
         o = options
         factor = 2 ** (len(o.block_out_channels) - 1)
         if image_size % factor:

@@ -43,7 +43,7 @@ from pydantic import Field, field_validator
 from torch.nn import functional as F
 
 from harness.errors import ConfigError, WeightsError
-from harness.hookspecs import Generator, Options, Runtime
+from harness.hookspecs import Generator, Options
 from harness.imageset import from_unit_float
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -170,24 +170,9 @@ class SD15LoRA(Generator):
     def preflight(cls, options) -> None:
         resolve_model(options.model, options.revision)  # WeightsError at run start, not after generation 0
 
-    def __init__(
-        self,
-        options: SD15LoRA.Options,
-        *,
-        num_classes: int,
-        channels: int,
-        image_size: int,
-        class_names,
-        runtime: Runtime,
-    ):
-        super().__init__(
-            options,
-            num_classes=num_classes,
-            channels=channels,
-            image_size=image_size,
-            class_names=class_names,
-            runtime=runtime,
-        )
+    def __init__(self, options: SD15LoRA.Options, **context: Any):
+        super().__init__(options, **context)  # num_classes, channels, image_size, class_names, runtime
+        channels, runtime = self.channels, self.runtime
         if channels not in (1, 3):
             raise ConfigError(f"sd15-lora makes RGB images; it supports 1- or 3-channel datasets, not {channels}")
         o = options

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.errors import ConfigError
-from harness.hookspecs import Generator, Options, Runtime
+from harness.hookspecs import Generator, Options
 from harness.imageset import ImageSet
 
 _SAMPLE_BATCH = 512
@@ -116,24 +116,9 @@ class ConditionalVAE(Generator):
 
     options: ConditionalVAE.Options
 
-    def __init__(
-        self,
-        options: ConditionalVAE.Options,
-        *,
-        num_classes: int,
-        channels: int,
-        image_size: int,
-        class_names,
-        runtime: Runtime,
-    ):
-        super().__init__(
-            options,
-            num_classes=num_classes,
-            channels=channels,
-            image_size=image_size,
-            class_names=class_names,
-            runtime=runtime,
-        )
+    def __init__(self, options: ConditionalVAE.Options, **context: Any):
+        super().__init__(options, **context)  # num_classes, channels, image_size, class_names, runtime
+        num_classes, channels, image_size, runtime = self.num_classes, self.channels, self.image_size, self.runtime
         o = options
         self.device = torch.device(runtime.device)
         self.model = _CVAE(
