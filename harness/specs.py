@@ -80,7 +80,8 @@ class OracleSpec(Spec):
     """The oracle (SPEC §4): trained once per run on D_real, fixed; gives q_t (and u_t when not observable)."""
 
     classifier: PluginSpec = Field(default_factory=lambda: PluginSpec(name="lenet"))
-    max_epochs: int = Field(10, ge=1, le=1000)
+    max_epochs: int = Field(20, ge=1, le=1000)
+    patience: int = Field(4, ge=1, description="Early stopping of the oracle (held-out accuracy).")
 
 
 class FidSpec(Spec):
@@ -173,12 +174,13 @@ class RunSpec(Spec):
 #: ``quick`` — the default job: finishes in minutes on 2 CPU cores with the embedded MNIST (no download).
 QUICK: dict[str, Any] = {
     "dataset": {"name": "colored-mnist", "options": {"source": "embedded", "bias": "biased"}},
-    "generator": {"name": "dcgan", "options": {}},
+    "generator": {"name": "dcgan", "options": {"epochs": 10, "loss": "bce", "spectral_norm": False, "lr_d": 2e-4,
+                                               "minibatch_std": False, "augment_shift": 0.0, "mode_seeking": 1.0}},
     "classifiers": ["lenet", "timm:test_resnet"],
     "filter": {"name": "uncertainty", "keep": 0.9},
     "loop": {"generations": 5, "samples_per_generation": 2000, "queue_capacity": 3, "mix_ratio": 0.5},
     "training": {"max_epochs": 4, "patience": 2, "batch_size": 128, "lr": 1e-3},
-    "metrics": {"fid": {"backbone": "none"}, "oracle": {"classifier": "lenet", "max_epochs": 6}},
+    "metrics": {"fid": {"backbone": "none"}, "oracle": {"classifier": "lenet", "max_epochs": 20}},
     "seeds": [0],
 }
 

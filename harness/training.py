@@ -173,13 +173,20 @@ def accuracy(clf: TrainedClassifier, data: ImageSet) -> float:
 
 
 def train_classifier(
-    clf: TrainedClassifier, data: ImageSet, recipe: TrainingSpec, runtime: Runtime, *, max_epochs: int | None = None
+    clf: TrainedClassifier,
+    data: ImageSet,
+    recipe: TrainingSpec,
+    runtime: Runtime,
+    *,
+    max_epochs: int | None = None,
+    patience: int | None = None,
 ) -> Mapping[str, Any]:
     """Train ``clf.model`` on ``data`` with the recipe; early-stop on a held-out split. Returns statistics."""
     gen = torch.Generator().manual_seed(runtime.seed)
     train_idx, val_idx = split_holdout(len(data), recipe.val_fraction, gen)
     val = data.subset(val_idx)
     epochs = max_epochs or recipe.max_epochs
+    patience = patience or recipe.patience
     opt = _optimizer(clf.model.parameters(), recipe)
     loss_fn = nn.CrossEntropyLoss()
     best_acc, best_epoch, best_state, bad = -1.0, 0, None, 0
@@ -208,7 +215,7 @@ def train_classifier(
                 best_state = copy.deepcopy(clf.model.state_dict())
             else:
                 bad += 1
-                if bad >= recipe.patience:
+                if bad >= patience:
                     task.advance(steps_per_epoch * (epochs - epoch))
                     break
     if best_state is not None:
