@@ -478,3 +478,24 @@ def test_line_chart_handles_gaps_and_single_points():
     assert svg.count("<polyline") == 1 and svg.count("<circle") == 3  # the gap breaks the line
     assert "no data" in line_chart([Series("a", [1], [None])], title="empty")
     assert line_chart([Series("", [1], [3.0])], title="one").count("<circle") == 1
+
+
+def test_every_committed_entry_validates_and_renders(tmp_path):
+    """The committed leaderboard (leaderboard/entries/*.json) validates, and render lists every entry."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from tests.conftest import REPO
+
+    entries = sorted((REPO / "leaderboard" / "entries").glob("*.json"))
+    if not entries:
+        pytest.skip("no committed entries yet")
+    runner = CliRunner()
+    r = runner.invoke(app, ["leaderboard", "validate", *map(str, entries)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["leaderboard", "render", "--out", str(tmp_path / "site"),
+                            "--dir", str(REPO / "leaderboard" / "entries")])
+    assert r.exit_code == 0, r.output
+    index = (tmp_path / "site" / "index.html").read_text()
+    for e in entries:
+        assert e.stem in index
