@@ -189,3 +189,24 @@ def test_a_run_dir_of_another_spec_is_refused(tmp_path, example_plugins):
     write_json(spec.run_dir / "spec.json", {"spec_hash": "0" * 64, "spec": {}})
     with pytest.raises(RunDirError, match="different spec"):
         loop.run(spec, example_plugins)
+
+
+@pytest.mark.parametrize("backbone", ["random-conv-test", "inception-tf2015"])
+def test_fid_and_kid_reach_the_results_with_their_provenance(tmp_path, example_plugins, backbone):
+    if backbone == "inception-tf2015":
+        from harness.errors import WeightsError
+        from harness.fid import preflight
+
+        try:
+            preflight(backbone)
+        except WeightsError as exc:
+            pytest.skip(f"no TF-2015 Inception weights here: {exc}")
+    spec, results = run_tiny(
+        tmp_path, example_plugins, loop={"generations": 1, "samples_per_generation": 20},
+        metrics={"fid": {"backbone": backbone, "samples": 6, "real_samples": 6, "kid_subset_size": 4}},
+    )
+    g = results.generations[1].generator.per_seed[0]
+    assert g.fid is not None and g.fid >= 0 and g.kid is not None
+    fid = results.provenance.fid
+    assert fid["backbone"] == backbone and fid["resize"] and fid["real_samples"] == 6
+    assert len(fid["weights_sha256"]) == 64
