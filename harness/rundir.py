@@ -53,3 +53,47 @@ def load_tensors(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def map_tensors(path: Path) -> dict[str, Any]:
+    """The tensors of a safetensors file, memory-mapped read-only-in-effect (copy-on-write): pages are read from
+    disk when touched, so a file larger than RAM can be used. Only uint8 and int64 tensors (what image shards
+    hold) are mapped.
+
+    :raises ValueError: the file is not a complete safetensors file of such tensors.
+    """
+    import json
+    import struct
+
+    import numpy as np
+    import torch
+
+    dtypes = {"U8": np.uint8, "I64": np.int64}
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path}: not a safetensors file")
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            raise ValueError(f"{path}: truncated header")
+        header = json.loads(f.read(length))
+    base = 8 + length
+    out: dict[str, Any] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info.get("dtype") not in dtypes:
+            raise ValueError(f"{path}: {name} has dtype {info.get('dtype')}; only U8 and I64 can be mapped")
+        begin, end = info["data_offsets"]
+        shape = tuple(int(d) for d in info["shape"])
+        dtype = np.dtype(dtypes[info["dtype"]])
+        if end - begin != int(np.prod(shape)) * dtype.itemsize or base + end > size:
+            raise ValueError(f"{path}: {name} is truncated or its offsets are inconsistent")
+        if end == begin:
+            out[name] = torch.from_numpy(np.zeros(shape, dtype=dtype))
+            continue
+        array = np.memmap(path, dtype=dtype, mode="c", offset=base + begin, shape=shape)
+        out[name] = torch.from_numpy(array)
+    return out

@@ -257,3 +257,41 @@ def test_bench_run_breeds_end_to_end(tmp_path, living17):
         assert len(m["subgroup_acc"]) == 17 and all(len(row) == 4 for row in m["subgroup_acc"])
         assert m["meo"] is not None and len(m["worst_k"]) == 4
     assert (root / ".cache" / "breeds-living17").is_dir()
+
+
+def test_bench_run_from_memory_mapped_shards_matches_in_memory(tmp_path, living17, monkeypatch):
+    """ImageNet-scale sets are read from memory-mapped cache shards (LazyImages) instead of RAM; the numbers must
+    not depend on it. BENCH_IN_MEMORY_GB=0 forces the mapped path on this tiny fixture."""
+    from tests.test_cifar import run_bench
+
+    torch.set_num_threads(1)
+    root = data_root(tmp_path, living17, n_train=2, n_val=1)
+    dataset = {"name": "breeds", "options": {"task": "living17", "resolution": 32, "workers": 1}}
+    (tmp_path / "mapped").mkdir()
+    (tmp_path / "plain").mkdir()
+    monkeypatch.setenv(_imagefolder.ENV_IN_MEMORY, "0")
+    mapped = run_bench(tmp_path / "mapped", root, dataset)
+    monkeypatch.setenv(_imagefolder.ENV_IN_MEMORY, "4")
+    plain = run_bench(tmp_path / "plain", root, dataset)
+
+    def numbers(res):
+        return [{k: v for k, v in g.items() if k != "timing"} for g in res["generations"]], res["amplification"]
+
+    assert numbers(mapped) == numbers(plain)
+    source = [{k: v for k, v in r["provenance"]["dataset_source"].items() if k != "cache"} for r in (mapped, plain)]
+    assert source[0] == source[1]
+
+
+def test_load_maps_large_sets(fake_root, tmp_path, monkeypatch):
+    from harness.imageset import LazyImages
+
+    monkeypatch.setenv(_imagefolder.ENV_IN_MEMORY, "0")
+    mapped = make(fake_root, tmp_path / "cache").load()
+    monkeypatch.setenv(_imagefolder.ENV_IN_MEMORY, "1")
+    plain = make(fake_root, tmp_path / "cache").load()
+    assert isinstance(mapped.train.images, LazyImages) and mapped.train.lazy and not plain.train.lazy
+    assert torch.equal(mapped.train.images[:], plain.train.images)
+    assert mapped.train.sha256() == plain.train.sha256()
+    monkeypatch.setenv(_imagefolder.ENV_IN_MEMORY, "lots")
+    with pytest.raises(DataError, match="BENCH_IN_MEMORY_GB='lots' is not a number"):
+        make(fake_root, tmp_path / "cache").load()

@@ -261,3 +261,60 @@ def test_a_dying_worker_falls_back_to_decoding_here(tmp_path, images, monkeypatc
     monkeypatch.setattr(imf, "_decode_chunk", _dies_in_workers)
     out = imf.decode_all(items_of(images), size=16, workers=2, dataset="demo", hint=HINT)[0]
     assert torch.equal(out, imf.decode_all(items_of(images), size=16, workers=1, dataset="demo", hint=HINT)[0])
+
+
+def test_large_sets_are_mapped_from_the_shards(tmp_path, images, monkeypatch):
+    from harness.imageset import LazyImages
+
+    monkeypatch.setattr(imf, "SHARD_SIZE", 3)
+    plain = load(items_of(images), tmp_path / "c", in_memory=True)
+    mapped = load(items_of(images), tmp_path / "c", in_memory=False)
+    assert isinstance(mapped.images, LazyImages) and len(mapped.images.parts) == 3
+    assert torch.equal(mapped.images[:], plain.images) and mapped.cache["hit"] is True
+    # a miss streams into the shards and then maps them; the size rule decides when in_memory is None
+    monkeypatch.setenv(imf.ENV_IN_MEMORY, str(7 * 3 * 16 * 16 / 2**30 * 0.99))
+    fresh = load(items_of(images), tmp_path / "d")
+    assert isinstance(fresh.images, LazyImages) and fresh.cache["hit"] is False
+    assert torch.equal(fresh.images[:], plain.images)
+    monkeypatch.setenv(imf.ENV_IN_MEMORY, str(7 * 3 * 16 * 16 / 2**30 * 1.01))
+    assert isinstance(load(items_of(images), tmp_path / "d").images, torch.Tensor)
+
+
+def test_shards_stay_near_256_mib():
+    assert imf.shard_rows(16) == imf.SHARD_SIZE
+    assert imf.shard_rows(224) == 256 * 2**20 // (3 * 224 * 224) == 1783
+
+
+def test_a_failed_cache_write(tmp_path, images, monkeypatch):
+    import safetensors.torch
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    # a set that fits in memory is decoded there, and the run goes on without a cache
+    fallback = load(items_of(images), tmp_path / "c", in_memory=True)
+    assert fallback.cache["dir"] is None and fallback.images.shape == (7, 3, 16, 16)
+    # one that does not fit stops with one sentence
+    with pytest.raises(DataError, match=r"demo: cannot write the image cache under .*No space left.*free 0\.0 GiB"):
+        load(items_of(images), tmp_path / "c", in_memory=False)
+    assert not [p for p in (tmp_path / "c" / "demo").iterdir()]  # no temporary left behind
+
+
+def test_decoding_keeps_a_bounded_number_of_chunks_in_flight(tmp_path, images, monkeypatch):
+    monkeypatch.setattr(imf, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(imf, "CHUNK_SIZE", 1)
+    submitted = []
+
+    class Counting(imf.ProcessPoolExecutor):
+        def submit(self, *args, **kwargs):
+            submitted.append(1)
+            return super().submit(*args, **kwargs)
+
+    monkeypatch.setattr(imf, "ProcessPoolExecutor", Counting)
+    many = items_of(images * 4)
+    stream = imf.iter_decoded(many, size=16, workers=2, dataset="demo", hint=HINT)
+    assert next(stream)[0] == 0 and len(submitted) == 4  # 2 × workers chunks ahead, not all 28
+    assert [start for start, _, _ in stream] == list(range(1, 28)) and len(submitted) == 28
+    inline = imf.decode_all(many, size=16, workers=1, dataset="demo", hint=HINT)[0]
+    assert torch.equal(imf.decode_all(many, size=16, workers=2, dataset="demo", hint=HINT)[0], inline)

@@ -4,7 +4,10 @@ Shared by ``hard-imagenet`` and ``breeds``. ImageNet-scale data never has to pas
 PIL objects: images are decoded in parallel worker processes (:func:`decode_all`), resized and centre-cropped to
 the working resolution, and written
 as uint8 tensor shards (safetensors) under the dataset's cache directory. A later load with the same inputs reads
-the shards and touches no JPEG.
+the shards and touches no JPEG. Decoding streams into the shards (a bounded number of chunks and one shard in
+memory), and a set larger than ``$BENCH_IN_MEMORY_GB`` (default 4 GiB) is then read from the shards through
+memory maps (:class:`harness.imageset.LazyImages`) instead of RAM: BREEDS entity13 at 224 px (~50 GB) trains
+from disk, with the OS page cache holding what fits.
 
 Decoding (:func:`decode_image`), the same for every image (and, for masks, :func:`decode_mask`):
 
@@ -35,7 +38,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -54,8 +57,13 @@ CACHE_VERSION = 1
 #: Fraction of the short side kept by the centre crop (224/256, the standard ImageNet evaluation transform).
 DEFAULT_CROP = 0.875
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
-#: Images per shard file.
+#: Images per shard file (at most; see :func:`shard_rows`).
 SHARD_SIZE = 4096
+#: Target bytes per shard file.
+SHARD_BYTES = 256 * 2**20
+#: Environment variable: GiB of decoded images kept in RAM before sets are memory-mapped instead.
+ENV_IN_MEMORY = "BENCH_IN_MEMORY_GB"
+DEFAULT_IN_MEMORY_GB = 4.0
 #: Images per task sent to a worker process.
 CHUNK_SIZE = 128
 #: Below this many images, decoding runs in this process (starting workers costs more than it saves).
@@ -212,11 +220,31 @@ def _decode_chunk(
 
 @dataclass
 class Decoded:
-    """Decoded images (uint8 ``N×3×S×S``), masks (uint8 ``N×1×S×S`` of 0/1, or ``None``) and what the cache did."""
+    """Decoded images (uint8 ``N×3×S×S``), masks (uint8 ``N×1×S×S`` of 0/1, or ``None``) and what the cache did.
 
-    images: torch.Tensor
-    masks: torch.Tensor | None
+    ``images`` and ``masks`` are in-memory tensors, or :class:`harness.imageset.LazyImages` over the
+    memory-mapped cache shards when the set is larger than :func:`in_memory_limit` (see :func:`load_images`).
+    """
+
+    images: Any
+    masks: Any
     cache: dict[str, Any] = field(default_factory=dict)
+
+
+def in_memory_limit() -> int:
+    """Bytes of decoded images a set may take before it is read from memory-mapped shards instead of RAM:
+    ``$BENCH_IN_MEMORY_GB`` (GiB, default 4)."""
+    raw = os.environ.get(ENV_IN_MEMORY, "")
+    try:
+        gb = float(raw) if raw.strip() else DEFAULT_IN_MEMORY_GB
+    except ValueError:
+        raise DataError(f"{ENV_IN_MEMORY}={raw!r} is not a number of GiB (e.g. {ENV_IN_MEMORY}=8)") from None
+    return int(gb * 2**30)
+
+
+def shard_rows(size: int) -> int:
+    """Images per shard: :data:`SHARD_SIZE`, fewer for large images (a shard stays near 256 MiB)."""
+    return max(1, min(SHARD_SIZE, SHARD_BYTES // (3 * size * size)))
 
 
 def cache_key(
@@ -238,10 +266,16 @@ def cache_key(
     return h.hexdigest()
 
 
-def _read_cache(directory: Path, key: str, n: int, size: int, with_masks: bool) -> Decoded | None:
-    """The cached tensors, or ``None`` when the directory is absent, incomplete or unreadable."""
+def _read_cache(directory: Path, key: str, n: int, size: int, with_masks: bool, in_memory: bool = True
+                ) -> Decoded | None:
+    """The cached images (and masks), or ``None`` when the directory is absent, incomplete or unreadable.
+
+    ``in_memory``: copy the shards into one tensor; otherwise map them (:class:`~harness.imageset.LazyImages`).
+    """
     import torch
-    from safetensors import safe_open
+
+    from harness.imageset import LazyImages
+    from harness.rundir import map_tensors
 
     index_path = directory / "index.json"
     if not index_path.is_file():
@@ -252,27 +286,30 @@ def _read_cache(directory: Path, key: str, n: int, size: int, with_masks: bool) 
             CACHE_VERSION, key, n, size
         ):
             return None
-        images = torch.empty((n, 3, size, size), dtype=torch.uint8)
-        masks = torch.empty((n, 1, size, size), dtype=torch.uint8) if with_masks else None
+        image_parts, mask_parts = [], []
         filled = 0
         for shard in index["shards"]:
             start, count = int(shard["start"]), int(shard["count"])
             if start != filled:
                 return None
-            with safe_open(str(directory / shard["file"]), framework="pt") as f:
-                part = f.get_tensor("images")
-                if tuple(part.shape) != (count, 3, size, size) or part.dtype != torch.uint8:
+            part = map_tensors(directory / shard["file"])  # checks that every tensor's bytes are on disk
+            if tuple(part["images"].shape) != (count, 3, size, size) or part["images"].dtype != torch.uint8:
+                return None
+            image_parts.append(part["images"])
+            if with_masks:
+                if tuple(part["masks"].shape) != (count, 1, size, size):
                     return None
-                images[start : start + count] = part
-                if masks is not None:
-                    mpart = f.get_tensor("masks")
-                    if tuple(mpart.shape) != (count, 1, size, size):
-                        return None
-                    masks[start : start + count] = mpart
+                mask_parts.append(part["masks"])
             filled += count
-        if filled != n:
+        if filled != n or not image_parts:
             return None
-    except Exception:  # noqa: BLE001 - any unreadable cache (safetensors raises its own type) is rebuilt
+        if in_memory:
+            images = torch.cat(image_parts)  # reads the mapped pages once; the maps are then dropped
+            masks = torch.cat(mask_parts) if with_masks else None
+        else:
+            images = LazyImages(image_parts)
+            masks = LazyImages(mask_parts) if with_masks else None
+    except Exception:  # noqa: BLE001 - any unreadable cache (truncated, bad JSON, missing key) is rebuilt
         return None
     return Decoded(images, masks)
 
@@ -285,35 +322,72 @@ def _index_ok(directory: Path, key: str, n: int) -> bool:
     return index.get("version") == CACHE_VERSION and index.get("key") == key and index.get("count") == n
 
 
-def _write_cache(
-    directory: Path, images: torch.Tensor, masks: torch.Tensor | None, key: str, *, broken: bool = False
+class _CacheWriteError(Exception):
+    """Writing a shard failed (disk full, removed directory): the partial cache was removed."""
+
+
+def _write_shards(
+    directory: Path, chunks: Iterator[tuple[int, np.ndarray, np.ndarray | None]], *, n: int, size: int,
+    with_masks: bool, key: str, broken: bool = False,
 ) -> bool:
-    """Write the shards under a temporary name, then rename. Returns False when the cache is not writable.
+    """Stream decoded chunks into shards under a temporary name, then rename: at most one shard is in memory.
+
+    Returns False (having consumed nothing) when the cache directory cannot be created. Errors of ``chunks``
+    (a damaged JPEG) propagate after the temporary directory is removed; a failure to write raises
+    :class:`_CacheWriteError`.
 
     ``broken``: ``directory`` existed but could not be read, so it is replaced; otherwise a directory that appeared
     meanwhile was written by another process for the same key, and is kept.
     """
+    import torch
     from safetensors.torch import save_file
 
-    n, _, size, _ = images.shape
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     except OSError:
         return False
-    try:
-        shards = []
-        for k, start in enumerate(range(0, n, SHARD_SIZE)):
-            stop = min(n, start + SHARD_SIZE)
-            tensors = {"images": images[start:stop].contiguous()}
-            if masks is not None:
-                tensors["masks"] = masks[start:stop].contiguous()
-            name = f"shard-{k:05d}.safetensors"
+    rows = shard_rows(size)
+    shards: list[dict[str, Any]] = []
+    buf = np.empty((min(rows, max(n, 1)), 3, size, size), dtype=np.uint8)
+    mbuf = np.empty((len(buf), 1, size, size), dtype=np.uint8) if with_masks else None
+    fill = 0
+
+    def flush() -> None:
+        nonlocal fill
+        if not fill:
+            return
+        name = f"shard-{len(shards):05d}.safetensors"
+        tensors = {"images": torch.from_numpy(buf[:fill])}
+        if mbuf is not None:
+            tensors["masks"] = torch.from_numpy(mbuf[:fill])
+        try:
             save_file(tensors, str(tmp / name))
-            shards.append({"file": name, "start": start, "count": stop - start})
+        except Exception as exc:  # noqa: BLE001 - OSError, or safetensors' own error type
+            raise _CacheWriteError(str(exc)) from exc
+        start = shards[-1]["start"] + shards[-1]["count"] if shards else 0
+        shards.append({"file": name, "start": start, "count": fill})
+        fill = 0
+
+    try:
+        for _, imgs, msks in chunks:
+            pos = 0
+            while pos < len(imgs):
+                take = min(len(imgs) - pos, len(buf) - fill)
+                buf[fill : fill + take] = imgs[pos : pos + take]
+                if mbuf is not None:
+                    mbuf[fill : fill + take] = 0 if msks is None else msks[pos : pos + take]
+                fill += take
+                pos += take
+                if fill == len(buf):
+                    flush()
+        flush()
         index = {"version": CACHE_VERSION, "key": key, "count": int(n), "size": int(size), "shards": shards,
-                 "masks": masks is not None}
-        (tmp / "index.json").write_text(json.dumps(index, indent=1))
+                 "masks": with_masks}
+        try:
+            (tmp / "index.json").write_text(json.dumps(index, indent=1))
+        except OSError as exc:
+            raise _CacheWriteError(str(exc)) from exc
         if directory.exists():
             if not broken and _index_ok(directory, key, int(n)):  # another process finished the same cache meanwhile
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -323,13 +397,84 @@ def _write_cache(
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(tmp, directory)
         return True
-    except Exception:  # noqa: BLE001 - a full or read-only disk must not fail the run: the data is in memory
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _tensor_chunks(images: torch.Tensor, masks: torch.Tensor | None
+                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    for start in range(0, len(images), CHUNK_SIZE):
+        stop = start + CHUNK_SIZE
+        yield start, images[start:stop].numpy(), None if masks is None else masks[start:stop].numpy()
+
+
+def _write_cache(
+    directory: Path, images: torch.Tensor, masks: torch.Tensor | None, key: str, *, broken: bool = False
+) -> bool:
+    """Write in-memory tensors as a cache (see :func:`_write_shards`); False when the cache is not writable."""
+    n, _, size, _ = images.shape
+    try:
+        return _write_shards(directory, _tensor_chunks(images, masks), n=n, size=size, with_masks=masks is not None,
+                             key=key, broken=broken)
+    except _CacheWriteError:
         return directory.is_dir()  # another process may have won the race
 
 
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def iter_decoded(
+    items: Sequence[tuple[str, str | None]],
+    *,
+    size: int,
+    crop: float = DEFAULT_CROP,
+    with_masks: bool = False,
+    workers: int | None = None,
+    dataset: str,
+    hint: str,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """``(start, images, masks)`` chunks of decoded items, in order, from worker processes for large sets.
+
+    At most ``2 × workers`` chunks are in flight, so memory stays bounded whatever the number of images. A worker
+    that dies (OOM killer, or a main module that cannot be re-imported) is replaced by decoding in this process.
+
+    :raises DataError: naming the first file that cannot be decoded.
+    """
+    n = len(items)
+    workers = default_workers() if workers is None else workers
+    chunks = [(s, items[s : s + CHUNK_SIZE]) for s in range(0, n, CHUNK_SIZE)]
+
+    def checked(start: int, result: tuple[np.ndarray, np.ndarray | None, tuple[str, str] | None]):
+        imgs, msks, error = result
+        if error is not None:
+            raise DataError(
+                f"{dataset}: cannot decode {error[0]} ({error[1]}): the file is damaged; replace it with an intact "
+                f"copy ({hint})."
+            )
+        return start, imgs, msks
+
+    done = 0  # chunks yielded, in order
+    if workers > 1 and n >= PARALLEL_MIN:
+        window = 2 * workers
+        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_mp_context()) as pool:
+            futures: dict[int, Any] = {}
+            try:
+                for k in range(len(chunks)):
+                    for j in range(k, min(len(chunks), k + window)):
+                        if j not in futures:
+                            futures[j] = pool.submit(_decode_chunk, chunks[j][1], size, crop, with_masks)
+                    result = futures.pop(k).result()
+                    yield checked(chunks[k][0], result)
+                    done += 1
+            except BrokenProcessPool:
+                pass
+            finally:
+                for future in futures.values():
+                    future.cancel()
+    for start, chunk in chunks[done:]:
+        yield checked(start, _decode_chunk(chunk, size, crop, with_masks))
 
 
 def decode_all(
@@ -342,7 +487,7 @@ def decode_all(
     dataset: str,
     hint: str,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Decode every item, in parallel worker processes for large sets.
+    """Every item decoded into in-memory tensors (see :func:`iter_decoded`).
 
     :raises DataError: naming the first file that cannot be decoded.
     """
@@ -351,35 +496,11 @@ def decode_all(
     n = len(items)
     images = torch.empty((n, 3, size, size), dtype=torch.uint8)
     masks = torch.empty((n, 1, size, size), dtype=torch.uint8) if with_masks else None
-    workers = default_workers() if workers is None else workers
-    chunks = [(s, items[s : s + CHUNK_SIZE]) for s in range(0, n, CHUNK_SIZE)]
-
-    def store(start: int, result: tuple[np.ndarray, np.ndarray | None, tuple[str, str] | None]) -> None:
-        imgs, msks, error = result
-        if error is not None:
-            raise DataError(
-                f"{dataset}: cannot decode {error[0]} ({error[1]}): the file is damaged; replace it with an intact "
-                f"copy ({hint})."
-            )
+    for start, imgs, msks in iter_decoded(items, size=size, crop=crop, with_masks=with_masks, workers=workers,
+                                          dataset=dataset, hint=hint):
         images[start : start + len(imgs)] = torch.from_numpy(imgs)
         if masks is not None and msks is not None:
             masks[start : start + len(msks)] = torch.from_numpy(msks)
-
-    done = 0  # chunks stored, in order
-    if workers > 1 and n >= PARALLEL_MIN:
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_mp_context()) as pool:
-            futures = [pool.submit(_decode_chunk, chunk, size, crop, with_masks) for _, chunk in chunks]
-            try:
-                for (start, _), future in zip(chunks, futures, strict=True):
-                    store(start, future.result())
-                    done += 1
-            except BrokenProcessPool:
-                pass  # a worker died (killed, or the main module cannot be re-imported): finish in this process
-            finally:
-                for future in futures:
-                    future.cancel()
-    for start, chunk in chunks[done:]:
-        store(start, _decode_chunk(chunk, size, crop, with_masks))
     return images, masks
 
 
@@ -402,28 +523,48 @@ def load_images(
     with_masks: bool = False,
     workers: int | None = None,
     use_cache: bool = True,
+    in_memory: bool | None = None,
     hint: str,
 ) -> Decoded:
     """Decoded images (and masks) for ``items`` = ``[(image path, mask path or None), ...]``, in that order.
 
-    With a cache directory, the first call decodes and writes shards; later calls with the same inputs read the
-    shards only. ``cache`` in the result records ``{"dir", "key", "hit"}`` (``None`` values without a cache).
+    With a cache directory, the first call decodes into shards on disk, streaming (at most a shard and a few
+    chunks in memory), and every call then reads the shards. ``in_memory``: ``True`` copies them into one tensor,
+    ``False`` maps them (:class:`~harness.imageset.LazyImages`: ImageNet-scale sets never have to fit in RAM),
+    ``None`` maps them when the set is larger than :func:`in_memory_limit`. Without a (writable) cache the images
+    are decoded into memory. ``cache`` in the result records ``{"dir", "key", "hit"}`` (``None`` values without a
+    cache).
 
-    :raises DataError: a file is missing or cannot be decoded.
+    :raises DataError: a file is missing or cannot be decoded, or the cache cannot be written and the set is too
+        large for memory.
     """
     params = {"size": size, "crop": crop, "masks": with_masks, "resample": "bilinear", "draft": True}
+    nbytes = len(items) * (3 + int(with_masks)) * size * size
+    if in_memory is None:
+        in_memory = nbytes <= in_memory_limit()
+    decode = dict(size=size, crop=crop, with_masks=with_masks, workers=workers, dataset=name, hint=hint)
     if cache_dir is None or not use_cache:
-        imgs, msks = decode_all(items, size=size, crop=crop, with_masks=with_masks, workers=workers, dataset=name,
-                                hint=hint)
+        imgs, msks = decode_all(items, **decode)
         return Decoded(imgs, msks, {"dir": None, "key": None, "hit": False})
     key = cache_key(name, role, params, items, dataset=name, hint=hint)
     directory = Path(cache_dir) / name / f"{role}-{key[:20]}"
     existed = directory.exists()
-    cached = _read_cache(directory, key, len(items), size, with_masks)
+    cached = _read_cache(directory, key, len(items), size, with_masks, in_memory)
     if cached is not None:
         cached.cache = {"dir": str(directory), "key": key, "hit": True}
         return cached
-    imgs, msks = decode_all(items, size=size, crop=crop, with_masks=with_masks, workers=workers, dataset=name,
-                            hint=hint)
-    written = _write_cache(directory, imgs, msks, key, broken=existed)
-    return Decoded(imgs, msks, {"dir": str(directory) if written else None, "key": key, "hit": False})
+    try:
+        written = _write_shards(directory, iter_decoded(items, **decode), n=len(items), size=size,
+                                with_masks=with_masks, key=key, broken=existed)
+    except _CacheWriteError as exc:
+        if not in_memory:
+            raise DataError(f"{name}: cannot write the image cache under {directory.parent} ({exc}); free "
+                            f"{nbytes / 2**30:.1f} GiB there or give another cache directory.") from None
+        written = False
+    if written:
+        cached = _read_cache(directory, key, len(items), size, with_masks, in_memory)
+        if cached is not None:
+            cached.cache = {"dir": str(directory), "key": key, "hit": False}
+            return cached
+    imgs, msks = decode_all(items, **decode)  # the cache cannot be written here: decode into memory
+    return Decoded(imgs, msks, {"dir": None, "key": key, "hit": False})

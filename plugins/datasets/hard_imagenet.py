@@ -339,7 +339,8 @@ class HardImageNet(Dataset):
         common = dict(name="hard-imagenet", size=o.resolution, crop=o.crop, cache_dir=self.cache_dir,
                       workers=o.workers, use_cache=o.cache, hint=hint)
         train_dec = _imagefolder.load_images([(p, None) for p in train_items], role="train", **common)
-        test_dec = _imagefolder.load_images(test_items, role="test", with_masks=True, **common)
+        # the test images are few (≤ 750) and the ablations edit them: always in memory
+        test_dec = _imagefolder.load_images(test_items, role="test", with_masks=True, in_memory=True, **common)
         assert test_dec.masks is not None
 
         def imageset(images: torch.Tensor, labels: np.ndarray) -> ImageSet:
