@@ -1,32 +1,39 @@
 """Class-conditional DCGAN (Radford et al. 2015) for 28–64 px images, tuned to learn fast on a CPU.
 
-Architecture (``n`` = number of ×2 upsampling stages, ``s0 = 7`` for 28 px, else ``4``; ``image_size = s0·2^n``):
+Sizes: ``image_size = s0 · 2^n`` with ``s0 = 7`` (28, 56 px) or ``4`` (32, 64 px), ``n ≥ 1`` upsampling stages.
 
-- **G**: ``[z ; embed(y)]`` → linear → ``(w·2^(n-1)) × s0 × s0``, BN, ReLU → ``n`` stride-2 transposed convs
-  (4×4), halving channels, BN + ReLU between them, the last one to ``C`` channels with ``tanh``.
-  28 px, ``width=32``: 64@7 → 32@14 → C@28.
-- **D**: ``n`` stride-2 convs (4×4), ``C → w → 2w → …``, LeakyReLU(0.2), no normalisation besides optional
-  spectral norm, then a *projection* head (Miyato & Koyama 2018) on the flattened ``s0 × s0`` features:
-  ``D(x, y) = ψ(φ(x)) + ⟨embed(y), φ(x)⟩``.
-- Hinge loss (or the non-saturating ``bce``), Adam, TTUR (``lr_d > lr_g``), exponential moving average of G's
-  weights used for sampling, with "standing" BatchNorm statistics recomputed for the averaged weights.
+- **G**: ``c = [z ; embed(y)]`` → linear → ``(w·2^(n-1)) × s0 × s0`` → ``n`` stride-2 4×4 transposed convs
+  halving the channels, the last one to ``C`` channels, BatchNorm + ReLU before each, ``tanh`` output.
+  ``conditioning="cbn"`` also makes every BN conditional (gain and bias linear in ``c``, as in BigGAN);
+  ``output="linear"`` drops the tanh (clamped only when sampling, as in StyleGAN). 28 px, ``width=32``:
+  64@7 → 32@14 → C@28.
+- **D**: ``n`` stride-2 4×4 convs ``C → w → 2w → …`` with LeakyReLU(0.2) (optional spectral norm), then a
+  projection head (Miyato & Koyama 2018) on the flattened ``s0 × s0`` features,
+  ``D(x, y) = ψ(φ(x)) + ⟨embed(y), φ(x)⟩``. Optional minibatch standard-deviation feature (Karras et al. 2018)
+  over groups of images **of the same class** (``minibatch_std = k``: a batch is then ``B/k`` anchors plus
+  ``k − 1`` random images of each anchor's class; in a mixed batch the std is dominated by differences between
+  classes).
+- Non-saturating (``bce``) or ``hinge`` loss, one D and one G step per batch, Adam; a capped mode-seeking term
+  (on by default), optional R1 penalty and DiffAugment translation/cutout; an exponential moving average of G's
+  weights is used for sampling, with BatchNorm statistics recomputed for the averaged weights.
 
-Fake images are conditioned on the labels of the real batch they are compared with, so the generator is trained
-on the data's class distribution (which matters for the study), not a uniform one.
+The fakes are conditioned on the real batch's labels, so G trains on the data's class distribution (which
+matters for the study), never a uniform one. The data stay uint8 and each batch is converted to ``[-1, 1]`` on
+the fly (one ``randperm`` per epoch, no DataLoader).
 
-Training keeps the data as uint8 and converts each batch to ``[-1, 1]`` on the fly; one ``torch.randperm`` per
-epoch, no DataLoader. bf16 autocast (``runtime.precision``) and channels_last are used where they pay off.
+Precision: autocast with ``runtime.autocast_dtype`` (obeyed as given). On a CPU without native bf16 (AVX2 only)
+bf16 is emulated and 8–13× slower here: run such machines in fp32 (docs/generators.md).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
@@ -39,15 +46,15 @@ _SAMPLE_BATCH = 512
 def _stages(image_size: int) -> tuple[int, int]:
     """``(s0, n)`` with ``image_size = s0 · 2**n``, ``s0 ∈ {7, 4}``, ``n ≥ 1``."""
     for s0 in (7, 4):
-        n = round(math.log2(image_size / s0)) if image_size >= 2 * s0 else 0
-        if n >= 1 and s0 * 2**n == image_size:
-            return s0, n
+        if image_size >= 2 * s0 and image_size % s0 == 0:
+            n = round(math.log2(image_size // s0))
+            if s0 * 2**n == image_size:
+                return s0, n
     raise ValueError(f"dcgan supports image sizes 7·2^n or 4·2^n (e.g. 28, 32, 64), got {image_size}")
 
 
 class _CBN(nn.Module):
-    """BatchNorm whose per-channel gain and bias are linear in the conditioning vector ``[z ; embed(y)]``
-    (conditional BN with a shared embedding and the latent fed to every layer, as in BigGAN)."""
+    """BatchNorm whose per-channel gain and bias are linear in the conditioning vector ``[z ; embed(y)]``."""
 
     def __init__(self, channels: int, cond_dim: int):
         super().__init__()
@@ -56,18 +63,29 @@ class _CBN(nn.Module):
         self.bias = nn.Linear(cond_dim, channels)
 
     def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        g = 1.0 + self.gain(cond)[:, :, None, None]
-        return self.bn(h) * g + self.bias(cond)[:, :, None, None]
+        return self.bn(h) * (1.0 + self.gain(cond)[:, :, None, None]) + self.bias(cond)[:, :, None, None]
 
 
 class _G(nn.Module):
-    def __init__(self, *, z_dim: int, num_classes: int, channels: int, image_size: int, width: int, embed_dim: int):
+    def __init__(
+        self,
+        *,
+        z_dim: int,
+        num_classes: int,
+        channels: int,
+        image_size: int,
+        width: int,
+        embed_dim: int,
+        conditioning: str,
+        output: str,
+        channels_last: bool,
+    ):
         super().__init__()
-        import os
-        self.cbn = os.environ.get("GCBN") == "1"
-        self.tanh = os.environ.get("LINOUT") != "1"
         self.s0, n = _stages(image_size)
         self.c0 = width * 2 ** (n - 1)
+        self.cbn = conditioning == "cbn"
+        self.tanh = output == "tanh"
+        self.channels_last = channels_last
         cond = z_dim + embed_dim
         self.embed = nn.Embedding(num_classes, embed_dim)
         self.fc = nn.Linear(cond, self.c0 * self.s0 * self.s0, bias=False)
@@ -85,15 +103,20 @@ class _G(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cond = torch.cat([z, self.embed(y)], dim=1)
-        h = self.fc(cond).view(-1, self.c0, self.s0, self.s0).contiguous(memory_format=torch.channels_last)
+        h = self.fc(cond).view(-1, self.c0, self.s0, self.s0)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
         for norm, conv in zip(self.norms, self.convs):
             h = conv(F.relu(norm(h, cond) if self.cbn else norm(h)))
         return torch.tanh(h) if self.tanh else h
 
 
-def _minibatch_std(h: torch.Tensor, group: int = 4) -> torch.Tensor:
-    """Append one feature map holding the batch's feature standard deviation (Karras et al. 2018, ProGAN):
-    D can then see when a fake batch lacks variety (e.g. every digit the same colour), which fights mode dropping."""
+def _minibatch_std(h: torch.Tensor, group: int) -> torch.Tensor:
+    """Append one feature map: the standard deviation of the features over a group, averaged (ProGAN).
+
+    Groups are strided, ``{j, j + M, j + 2M, …}`` with ``M = B / group``, which is how :meth:`DCGAN.fit` lays out
+    same-class images.
+    """
     b, _, hh, ww = h.shape
     g = min(group, b)
     while b % g:
@@ -102,32 +125,9 @@ def _minibatch_std(h: torch.Tensor, group: int = 4) -> torch.Tensor:
     return torch.cat([h, s.to(h.dtype).view(-1, 1, 1, 1).repeat(g, 1, hh, ww)], dim=1)
 
 
-def _diff_augment(x: torch.Tensor, shift: int, cutout: int) -> torch.Tensor:
-    """DiffAugment (Zhao et al. 2020) without colour jitter, applied to real and fake alike: a random translation
-    by up to ``shift`` pixels (the border filled with -1, i.e. black) and a random ``cutout × cutout`` hole
-    (filled with -1). Differentiable, per sample, no Python loop."""
-    b, c, h, w = x.shape
-    dev = x.device
-    if shift > 0:
-        xp = F.pad(x, (shift, shift, shift, shift), value=-1.0)
-        dy = torch.randint(0, 2 * shift + 1, (b, 1), device=dev)
-        dx = torch.randint(0, 2 * shift + 1, (b, 1), device=dev)
-        rows = (torch.arange(h, device=dev)[None] + dy)[:, :, None]  # B×H×1
-        cols = (torch.arange(w, device=dev)[None] + dx)[:, None, :]  # B×1×W
-        x = xp[torch.arange(b, device=dev)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
-    if cutout > 0:
-        cy = torch.randint(0, h + 1 - cutout, (b, 1, 1), device=dev)
-        cx = torch.randint(0, w + 1 - cutout, (b, 1, 1), device=dev)
-        ys = torch.arange(h, device=dev)[None, :, None]
-        xs = torch.arange(w, device=dev)[None, None, :]
-        hole = ((ys >= cy) & (ys < cy + cutout) & (xs >= cx) & (xs < cx + cutout))[:, None]
-        x = x.masked_fill(hole, -1.0)
-    return x
-
-
 class _D(nn.Module):
     def __init__(
-        self, *, num_classes: int, channels: int, image_size: int, width: int, spectral_norm: bool, mbstd: bool
+        self, *, num_classes: int, channels: int, image_size: int, width: int, spectral_norm: bool, mbstd: int
     ):
         super().__init__()
         self.mbstd = mbstd
@@ -135,82 +135,91 @@ class _D(nn.Module):
         s0, n = _stages(image_size)
         layers: list[nn.Module] = []
         c_in, c = channels, width
-        import os
-        dbn = os.environ.get("DBN") == "1"
-        self._concat = os.environ.get("DCOND") == "concat"
-        self._dp = float(os.environ.get("DDROP", "0"))
-        self._nc = num_classes
-        if self._concat:
-            c_in = channels + num_classes
-        for i in range(n):
-            layers += [sn(nn.Conv2d(c_in, c, 4, 2, 1, bias=not (dbn and i > 0)))]
-            if dbn and i > 0:
-                layers.append(nn.BatchNorm2d(c))
-            layers.append(nn.LeakyReLU(0.2, inplace=True))
+        for _ in range(n):
+            layers += [sn(nn.Conv2d(c_in, c, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True)]
             c_in, c = c, c * 2
         self.net = nn.Sequential(*layers)
-        self._mode = os.environ.get("MBSTD_MODE", "map"); self._g = int(os.environ.get("MBG", "4"))
-        self._pool = os.environ.get("POOLPROJ") == "1"
-        feat = (c_in + mbstd) * s0 * s0 if self._mode == "map" else c_in * s0 * s0 + (c_in if mbstd else 0)
-        psi, embed = nn.Linear(feat, 1), nn.Embedding(num_classes, c_in if self._pool else feat)
-        # Embedding's default N(0, 1) makes the projection term ~sqrt(feat) times larger than the rest of D at
-        # initialisation; Xavier keeps it on the scale of ψ (as in Miyato & Koyama's code).
+        feat = (c_in + (1 if mbstd else 0)) * s0 * s0
+        psi, embed = nn.Linear(feat, 1), nn.Embedding(num_classes, feat)
+        # nn.Embedding's default N(0, 1) makes the projection term ~sqrt(feat) times larger than the rest of D at
+        # initialisation, which slowed learning a lot; Xavier (as in Miyato & Koyama's code) keeps it on ψ's scale.
         nn.init.xavier_uniform_(embed.weight)
         self.psi, self.embed = sn(psi), sn(embed)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self._concat:
-            oh = F.one_hot(y, self._nc).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
-            x = torch.cat([x, oh], 1)
         h = self.net(x)
-        if not self.mbstd:
-            phi = h.flatten(1)
-        elif self._mode == "map":
-            phi = _minibatch_std(h, self._g).flatten(1)
-        else:
-            b = h.shape[0]; g = min(self._g, b)
-            while b % g: g -= 1
-            sd = h.float().view(g, -1, *h.shape[1:]).var(0, unbiased=False).add(1e-8).sqrt().mean(dim=(2, 3))
-            phi = torch.cat([h.flatten(1), sd.repeat(g, 1).to(h.dtype)], 1)
-        if self._dp:
-            phi = F.dropout(phi, self._dp, self.training)
-        if self._concat:
-            return self.psi(phi).squeeze(1)
-        if self._pool:
-            return self.psi(phi).squeeze(1) + (self.embed(y) * h.sum((2, 3))).sum(1)
+        phi = (_minibatch_std(h, self.mbstd) if self.mbstd else h).flatten(1)
         return self.psi(phi).squeeze(1) + (self.embed(y) * phi).sum(1)
 
 
+def _diff_augment(x: torch.Tensor, shift: int, cutout: int) -> torch.Tensor:
+    """DiffAugment (Zhao et al. 2020) without colour jitter, applied to real and fake alike: a random translation
+    by up to ``shift`` px and a random ``cutout × cutout`` hole, both filled with -1 (black). Per sample, no loop."""
+    b, _, h, w = x.shape
+    dev = x.device
+    if shift > 0:
+        xp = F.pad(x, (shift, shift, shift, shift), value=-1.0)
+        dy = torch.randint(0, 2 * shift + 1, (b, 1), device=dev)
+        dx = torch.randint(0, 2 * shift + 1, (b, 1), device=dev)
+        rows = (torch.arange(h, device=dev)[None] + dy)[:, :, None]
+        cols = (torch.arange(w, device=dev)[None] + dx)[:, None, :]
+        x = xp[torch.arange(b, device=dev)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    if cutout > 0:
+        cy = torch.randint(0, h + 1 - cutout, (b, 1, 1), device=dev)
+        cx = torch.randint(0, w + 1 - cutout, (b, 1, 1), device=dev)
+        ys = torch.arange(h, device=dev)[None, :, None]
+        xs = torch.arange(w, device=dev)[None, None, :]
+        x = x.masked_fill(((ys >= cy) & (ys < cy + cutout) & (xs >= cx) & (xs < cx + cutout))[:, None], -1.0)
+    return x
+
+
 class DCGAN(Generator):
-    """Class-conditional DCGAN with a projection discriminator; see the module docstring."""
+    """Class-conditional DCGAN with a projection discriminator; see the module docstring and docs/generators.md."""
 
     class Options(Options):
-        """Defaults are the recommended CPU settings for 28 px Colorized MNIST (docs/generators.md)."""
+        """Defaults: the configuration measured on 28 px Colorized MNIST on a 2-core CPU (docs/generators.md)."""
 
-        width: int = Field(32, ge=4, description="channels of D's first conv; G's last hidden layer has this many")
+        width: int = Field(32, ge=4, description="channels of D's first conv and of G's last hidden layer")
         z_dim: int = Field(64, ge=1)
-        embed_dim: int = Field(32, ge=1, description="size of G's class embedding, concatenated to z")
-        epochs: int = Field(30, ge=1)
+        embed_dim: int = Field(32, ge=1, description="size of G's class embedding")
+        conditioning: Literal["concat", "cbn"] = Field(
+            "concat", description="G: concat = [z; embed(y)] at the input; cbn = also in every BN (gain and bias)"
+        )
+        output: Literal["tanh", "linear"] = Field(
+            "tanh", description="G's last activation (linear: clamped to [-1, 1] when sampling)"
+        )
+        epochs: int = Field(10, ge=1)
         batch_size: int = Field(64, ge=2)
         lr_g: float = Field(2e-4, gt=0)
-        lr_d: float = Field(4e-4, gt=0)
+        lr_d: float = Field(2e-4, gt=0)
         betas: tuple[float, float] = (0.5, 0.999)
-        spectral_norm: bool = True
-        loss: Literal["hinge", "bce"] = "hinge"
-        minibatch_std: bool = Field(True, description="minibatch standard-deviation feature in D (fights mode dropping)")
-        augment_shift: float = Field(0.125, ge=0, lt=0.5, description="DiffAugment translation, fraction of the side")
+        loss: Literal["bce", "hinge"] = Field("bce", description="bce = non-saturating GAN loss")
+        spectral_norm: bool = False
+        minibatch_std: int = Field(
+            0, ge=0, description="same-class group size of the minibatch-std feature; 0 = off (true = 4, false = 0)"
+        )
+        r1_gamma: float = Field(0.0, ge=0, description="R1 penalty on real images (Mescheder et al. 2018); 0 = off")
+        r1_every: int = Field(4, ge=1, description="apply R1 every k steps, scaled by k (lazy regularisation)")
+        augment_shift: float = Field(0.0, ge=0, lt=0.5, description="DiffAugment translation, fraction of the side")
         augment_cutout: float = Field(0.0, ge=0, lt=1, description="DiffAugment cutout square, fraction of the side")
-        mode_seeking: float = Field(0.0, ge=0, description="weight of the mode-seeking term (Mao et al. 2019)")
-        r1_gamma: float = Field(0.0, ge=0, description="R1 penalty on real images (Mescheder et al. 2018)")
-        r1_every: int = Field(1, ge=1, description="apply R1 every k steps, scaled by k (lazy regularisation)")
+        mode_seeking: float = Field(1.0, ge=0, description="weight of the capped mode-seeking term; 0 = off")
         ema: bool = True
         ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
-        channels_last: bool = True
+        channels_last: bool = Field(True, description="memory format (no speed difference measured on CPU)")
+
+        @field_validator("minibatch_std", mode="before")
+        @classmethod
+        def _bool_group(cls, v):
+            return (4 if v else 0) if isinstance(v, bool) else v  # earlier versions took a bool
 
         @model_validator(mode="after")
-        def _check_betas(self) -> DCGAN.Options:
+        def _check(self) -> DCGAN.Options:
             if not all(0.0 <= b < 1.0 for b in self.betas):
                 raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
+            if self.minibatch_std and self.batch_size % self.minibatch_std:
+                raise ValueError(
+                    f"batch_size ({self.batch_size}) must be a multiple of minibatch_std ({self.minibatch_std})"
+                )
             return self
 
     options: DCGAN.Options
@@ -222,7 +231,7 @@ class DCGAN(Generator):
         num_classes: int,
         channels: int,
         image_size: int,
-        class_names,
+        class_names: Sequence[str],
         runtime: Runtime,
     ):
         super().__init__(
@@ -236,6 +245,7 @@ class DCGAN(Generator):
         o = options
         _stages(image_size)  # fail early on unsupported sizes
         self.device = torch.device(runtime.device)
+        self.channels_last = o.channels_last
         gkw = dict(
             z_dim=o.z_dim,
             num_classes=num_classes,
@@ -243,6 +253,9 @@ class DCGAN(Generator):
             image_size=image_size,
             width=o.width,
             embed_dim=o.embed_dim,
+            conditioning=o.conditioning,
+            output=o.output,
+            channels_last=self.channels_last,
         )
         self.G = _G(**gkw).to(self.device)
         self.D = _D(
@@ -253,11 +266,12 @@ class DCGAN(Generator):
             spectral_norm=o.spectral_norm,
             mbstd=o.minibatch_std,
         ).to(self.device)
-        self.G_ema = _G(**gkw).to(self.device) if o.ema else None
-        if self.G_ema is not None:
+        self.G_ema = None
+        if o.ema:
+            self.G_ema = _G(**gkw).to(self.device)
             self.G_ema.load_state_dict(self.G.state_dict())
             self.G_ema.requires_grad_(False)
-        if o.channels_last:
+        if self.channels_last:
             for m in (self.G, self.D, self.G_ema):
                 if m is not None:
                     m.to(memory_format=torch.channels_last)
@@ -270,7 +284,7 @@ class DCGAN(Generator):
 
     def _to_input(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
-        return x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         if self.options.loss == "hinge":
@@ -289,59 +303,62 @@ class DCGAN(Generator):
         if n < 2:
             raise ValueError("dcgan needs at least 2 training images")
         bs = min(o.batch_size, n)
-        steps_per_epoch = n // bs  # drop the ragged last batch: BatchNorm and the step count stay regular
+        k = o.minibatch_std if bs >= o.minibatch_std else 0  # tiny data sets: plain batches
+        if k:
+            bs -= bs % k
+        steps_per_epoch = max(n // bs, 1)  # the ragged last batch is dropped: BatchNorm and step counts stay regular
         images, labels = data.images, data.labels
+        if k:  # class-grouped batches: an anchor plus k - 1 random images of its class
+            order = torch.argsort(labels, stable=True)
+            counts = torch.bincount(labels, minlength=self.num_classes)
+            starts = torch.cumsum(counts, 0) - counts
+            m = bs // k
         G, D = self.G, self.D
         G.train()
         D.train()
         opt_g = torch.optim.Adam(G.parameters(), lr=o.lr_g, betas=o.betas)
         opt_d = torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=o.betas)
-        ema_params = list(self.G_ema.parameters()) if self.G_ema is not None else []
         g_params = list(G.parameters())
-
+        ema_params = list(self.G_ema.parameters()) if self.G_ema is not None else []
         shift = round(o.augment_shift * self.image_size)
         cutout = round(o.augment_cutout * self.image_size)
         aug = (lambda t: _diff_augment(t, shift, cutout)) if shift or cutout else (lambda t: t)
+
         sum_d = sum_g = 0.0
         seen = step = 0
         last_d = last_g = float("nan")
         t0 = time.perf_counter()
-        import os
-        grp = int(os.environ.get("CGROUP", "0"))
-        if grp:
-            order = torch.argsort(labels, stable=True)
-            counts = torch.bincount(labels, minlength=self.num_classes)
-            starts = torch.cumsum(counts, 0) - counts
-            m = bs // grp
         with self.runtime.reporter.task("dcgan: train", total=o.epochs * steps_per_epoch) as task:
             for _ in range(o.epochs):
                 perm = torch.randperm(n)
                 ep_d = ep_g = 0.0
                 for i in range(steps_per_epoch):
-                    if grp:
+                    if k:
                         a = perm[i * m : (i + 1) * m]
                         ya = labels[a]
-                        r = (torch.rand(grp - 1, m) * counts[ya]).long()
+                        r = (torch.rand(k - 1, m) * counts[ya]).long()
                         idx = torch.cat([a[None], order[starts[ya] + r]]).flatten()
                     else:
                         idx = perm[i * bs : (i + 1) * bs]
                     x = self._to_input(images[idx])
                     y = labels[idx].to(self.device)
-                    z = torch.randn(bs, o.z_dim, device=self.device)
-                    yf = torch.cat([y[: bs // 2], y[: bs - bs // 2]]) if o.mode_seeking else y
+                    b = len(idx)
+                    z = torch.randn(b, o.z_dim, device=self.device)
+                    # Mode seeking pairs fake i with fake i + b/2 under the same label: the first half's labels
+                    # are used twice (the fakes still follow the data's class distribution).
+                    yf = torch.cat([y[: b // 2], y[: b - b // 2]]) if o.mode_seeking else y
 
                     # D step: real vs fake, the fake conditioned on the real batch's labels.
+                    r1 = o.r1_gamma > 0 and step % o.r1_every == 0
+                    if r1:
+                        x.requires_grad_(True)
                     with self._autocast():
                         fake = G(z, yf)
-                        r1 = o.r1_gamma > 0 and step % o.r1_every == 0
-                        if r1:
-                            x.requires_grad_(True)
                         d_real = D(aug(x), y).float()
                         loss_d = self._d_loss(d_real, D(aug(fake.detach()), yf).float())
                     if r1:
                         (grad,) = torch.autograd.grad(d_real.sum(), x, create_graph=True)
-                        penalty = grad.float().pow(2).sum(dim=(1, 2, 3)).mean()
-                        loss_d = loss_d + 0.5 * o.r1_gamma * o.r1_every * penalty
+                        loss_d = loss_d + 0.5 * o.r1_gamma * o.r1_every * grad.float().pow(2).sum((1, 2, 3)).mean()
                     opt_d.zero_grad(set_to_none=True)
                     loss_d.backward()
                     opt_d.step()
@@ -350,9 +367,10 @@ class DCGAN(Generator):
                     D.requires_grad_(False)
                     with self._autocast():
                         loss_g = self._g_loss(D(aug(fake), yf).float())
-                        if o.mode_seeking:
-                            h = bs // 2
-                            ratio = (fake[:h] - fake[h : 2 * h]).abs().float().mean() / (z[:h] - z[h : 2 * h]).abs().mean()
+                        if o.mode_seeking:  # diversity-sensitive term (Mao et al. 2019; Yang et al. 2019), capped
+                            h2 = b // 2
+                            dz = (z[:h2] - z[h2 : 2 * h2]).abs().mean()
+                            ratio = (fake[:h2] - fake[h2 : 2 * h2]).abs().float().mean() / dz
                             loss_g = loss_g - o.mode_seeking * ratio.clamp(max=1.0)
                     opt_g.zero_grad(set_to_none=True)
                     loss_g.backward()
@@ -367,7 +385,7 @@ class DCGAN(Generator):
                             torch._foreach_lerp_(ema_params, [p.detach() for p in g_params], 1.0 - decay)
                     ep_d += loss_d.item()
                     ep_g += loss_g.item()
-                    seen += bs
+                    seen += len(idx)
                     task.advance(1)
                 last_d, last_g = ep_d / steps_per_epoch, ep_g / steps_per_epoch
                 sum_d += ep_d
@@ -384,35 +402,34 @@ class DCGAN(Generator):
             "images_seen": float(seen),
             "seconds": seconds,
             "images_per_s": seen / seconds if seconds > 0 else float("nan"),
+            "parameters_g": float(sum(p.numel() for p in G.parameters())),
+            "parameters_d": float(sum(p.numel() for p in D.parameters())),
         }
 
     @torch.no_grad()
     def _standing_stats(self, labels: torch.Tensor, batches: int = 8) -> None:
-        """Recompute the EMA generator's BatchNorm statistics for its own weights (cumulative average)."""
+        """Recompute the EMA generator's BatchNorm statistics for its own weights (cumulative average over
+        ``batches`` batches drawn with the data's labels), since the running statistics belong to the raw G."""
         G = self.G_ema
+        batch_size = max(self.options.batch_size, 128)
         bns = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
         for m in bns:
             m.reset_running_stats()
             m.momentum = None
         G.train()
-        bs = max(self.options.batch_size, 128)
         for _ in range(batches):
-            y = labels[torch.randint(len(labels), (bs,))].to(self.device)
+            y = labels[torch.randint(len(labels), (batch_size,))].to(self.device)
             with self._autocast():
-                G(torch.randn(bs, self.options.z_dim, device=self.device), y)
+                G(torch.randn(batch_size, self.options.z_dim, device=self.device), y)
         for m in bns:
             m.momentum = 0.1
         G.eval()
 
     # ------------------------------------------------------------------ sampling and state
 
-    @property
-    def _sampler(self) -> _G:
-        return self.G_ema if self.G_ema is not None else self.G
-
     @torch.no_grad()
     def sample(self, labels: torch.Tensor) -> torch.Tensor:
-        G = self._sampler
+        G = self.G_ema if self.G_ema is not None else self.G
         G.eval()
         labels = torch.as_tensor(labels, dtype=torch.int64)
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
@@ -438,8 +455,6 @@ class DCGAN(Generator):
                 continue
             sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             if not sub:
-                raise KeyError(f"state has no {prefix}* entries")
+                raise KeyError(f"dcgan state has no {prefix}* entries")
             module.load_state_dict(sub)
-        self.G.eval()
-        if self.G_ema is not None:
-            self.G_ema.eval()
+            module.eval()
