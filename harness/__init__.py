@@ -1,3 +1,3 @@
 """bench: a plugin-based harness for bias amplification in self-consuming generative loops."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -45,6 +45,7 @@ from harness.training import (
     build_classifier,
     resolve_device,
     resolve_precision,
+    split_holdout,
     train_classifier,
 )
 
@@ -304,30 +305,53 @@ def proportional_labels(counts: torch.Tensor, total: int, generator: torch.Gener
 
 
 def balanced_resample(labels: torch.Tensor, subgroups: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Indices of a same-size resample (with replacement) in which every (class, subgroup) cell is equally likely.
+    """Indices of an oversample of D_real in which, within every class, each subgroup cell is as large as the
+    class's largest cell, and every image appears at least once.
 
     The oracle judges generated images of every subgroup; trained on D_real as it is, it would inherit the very
-    bias the study measures (on biased Colorized MNIST it learns colour as a shortcut for the digit). Unknown
-    subgroups (-1) form their own cell.
+    bias the study measures (on biased Colorized MNIST it learns colour as a shortcut for the digit). Balancing by
+    a same-size resample instead would throw away most images of the majority cells (on the 4,000 embedded
+    digits the oracle's test accuracy fell from 0.97 to 0.92). A cell of ``c`` images raised to ``m`` holds each
+    image ``m // c`` times plus ``m % c`` images drawn without replacement. Unknown subgroups (-1) form their own
+    cell. Classes keep the weight of their largest cell.
     """
+    if labels.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64)
     cell = labels * (int(subgroups.max()) + 2) + (subgroups + 1)
-    _, inverse, counts = torch.unique(cell, return_inverse=True, return_counts=True)
-    weights = 1.0 / counts[inverse].double()
-    return torch.multinomial(weights, labels.numel(), replacement=True, generator=generator)
+    cells, inverse, counts = torch.unique(cell, return_inverse=True, return_counts=True)
+    cell_class = labels[torch.sort(inverse, stable=True).indices[torch.cumsum(counts, 0) - counts]]
+    target = torch.zeros(int(labels.max()) + 1, dtype=counts.dtype).scatter_reduce(
+        0, cell_class, counts, reduce="amax")[cell_class]  # per cell: the largest cell count of its class
+    order = torch.sort(inverse, stable=True).indices  # indices grouped by cell
+    starts = torch.cumsum(counts, 0) - counts
+    parts = []
+    for c in range(len(cells)):  # one iteration per cell (classes × subgroups), not per image
+        members = order[starts[c] : starts[c] + counts[c]]
+        reps, rest = divmod(int(target[c]), int(counts[c]))
+        parts.append(members.repeat(reps))
+        if rest:
+            parts.append(members[torch.randperm(len(members), generator=generator)[:rest]])
+    index = torch.cat(parts)
+    return index[torch.randperm(len(index), generator=generator)]
 
 
 def _oracle(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
     data = ctx.data
     G = data.num_subgroups
-    train = data.train
     runtime = ctx.runtime(u, out)
-    index = balanced_resample(train.labels, train.subgroups, torch.Generator().manual_seed(runtime.seed))
-    train = train.subset(index)
-    targets = train.labels * G + train.subgroups if ctx.oracle_joint else train.labels
+    gen = torch.Generator().manual_seed(runtime.seed)
+    # Hold out real images first, then balance both parts: duplicates never straddle train and validation.
+    train_idx, val_idx = split_holdout(len(data.train), ctx.spec.training.val_fraction, gen)
+    parts = []
+    for idx in (train_idx, val_idx):
+        part = data.train.subset(idx)
+        part = part.subset(balanced_resample(part.labels, part.subgroups, gen))
+        parts.append(part.with_labels(part.labels * G + part.subgroups) if ctx.oracle_joint else part)
+    train, val = parts
     clf = ctx.new_classifier("oracle", oracle=True)
     stats = train_classifier(
-        clf, train.with_labels(targets), ctx.spec.training, runtime, max_epochs=ctx.spec.metrics.oracle.max_epochs,
-        patience=ctx.spec.metrics.oracle.patience,
+        clf, train, ctx.spec.training, runtime, max_epochs=ctx.spec.metrics.oracle.max_epochs,
+        patience=ctx.spec.metrics.oracle.patience, val=val,
     )
     save_tensors(out / "model.safetensors", clf.model.state_dict())
     ctx.__dict__["oracle"] = clf
@@ -339,7 +363,7 @@ def _oracle(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
     return {
         "classifier": ctx.spec.metrics.oracle.classifier.name,
         "joint": ctx.oracle_joint,
-        "training": "subgroup-balanced resample of D_real",
+        "training": "D_real with every subgroup cell oversampled to its class's largest (all images kept)",
         "test_acc": (cls == data.test.labels).float().mean().item(),
         "subgroup_test_acc": sub_acc,
         "train": stats,

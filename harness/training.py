@@ -180,11 +180,16 @@ def train_classifier(
     *,
     max_epochs: int | None = None,
     patience: int | None = None,
+    val: ImageSet | None = None,
 ) -> Mapping[str, Any]:
-    """Train ``clf.model`` on ``data`` with the recipe; early-stop on a held-out split. Returns statistics."""
+    """Train ``clf.model`` on ``data`` with the recipe; early-stop on a held-out split of ``data`` (or on ``val``
+    when given, training on all of ``data``). Returns statistics."""
     gen = torch.Generator().manual_seed(runtime.seed)
-    train_idx, val_idx = split_holdout(len(data), recipe.val_fraction, gen)
-    val = data.subset(val_idx)
+    if val is None:
+        train_idx, val_idx = split_holdout(len(data), recipe.val_fraction, gen)
+        val = data.subset(val_idx)
+    else:
+        train_idx = torch.arange(len(data))
     epochs = max_epochs or recipe.max_epochs
     patience = patience or recipe.patience
     opt = _optimizer(clf.model.parameters(), recipe)

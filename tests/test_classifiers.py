@@ -106,6 +106,12 @@ def test_lenet_shapes_and_dropout():
         make("lenet", dropout=1.0)
     with pytest.raises(ValidationError):
         make("lenet", dropuot=0.1)
+    # width multiplies every layer (the oracle's default is width 2): 3·12·25+12, 12·32·25+32, 32·25·240+240, …
+    wide = make("lenet", width=2)
+    m = wide.build(num_classes=10, channels=3, image_size=28)
+    assert [p.numel() for p in m.parameters() if p.ndim > 1] == [900, 9600, 192000, 40320, 1680]
+    assert wide.describe()["num_params"] == 244962 and wide.describe()["width"] == 2
+    assert make("lenet").build(num_classes=10, channels=3, image_size=28).classifier[1].out_features == 120
 
 
 def test_bf16_autocast():

@@ -210,3 +210,22 @@ def test_fid_and_kid_reach_the_results_with_their_provenance(tmp_path, example_p
     fid = results.provenance.fid
     assert fid["backbone"] == backbone and fid["resize"] and fid["real_samples"] == 6
     assert len(fid["weights_sha256"]) == 64
+
+
+def test_balanced_resample_keeps_every_image_and_levels_the_cells():
+    from harness.loop import balanced_resample
+
+    # class 0: subgroup 0 has 8 images, subgroup 1 has 2; class 1: 3 of subgroup 0, 1 of subgroup 1, 1 unknown
+    labels = torch.tensor([0] * 10 + [1] * 5)
+    subgroups = torch.tensor([0] * 8 + [1] * 2 + [0, 0, 0, 1, -1])
+    index = balanced_resample(labels, subgroups, torch.Generator().manual_seed(0))
+    counts = torch.bincount(index, minlength=15).tolist()
+    # every cell grows to its class's largest cell (8 and 3): 2 images × 4, 1 image × 3, the unknown one × 3
+    assert counts == [1] * 8 + [4, 4] + [1, 1, 1, 3, 3] and len(index) == 16 + 9
+    # a cell that does not divide evenly: each image once or twice, drawn without replacement
+    index = balanced_resample(torch.zeros(8, dtype=torch.int64), torch.tensor([0] * 5 + [1] * 3),
+                              torch.Generator().manual_seed(1))
+    counts = torch.bincount(index, minlength=8)
+    assert counts[:5].tolist() == [1] * 5 and sorted(counts[5:].tolist()) == [1, 2, 2]
+    assert balanced_resample(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
+                             torch.Generator()).numel() == 0

@@ -21,32 +21,33 @@ class LeNetOptions(Options):
     """:ivar dropout: dropout before each hidden fc layer's output (0 = the original net; >0 enables MC dropout)."""
 
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    width: int = Field(default=1, ge=1, le=16, description="multiplies every layer's width (1 = the original 6-16-120-84)")
 
 
 class LeNet5(nn.Module):
-    def __init__(self, *, num_classes: int, channels: int, image_size: int, dropout: float = 0.0):
+    def __init__(self, *, num_classes: int, channels: int, image_size: int, dropout: float = 0.0, width: int = 1):
         super().__init__()
         pad = max(0, (32 - image_size) // 2)
         side = ((image_size + 2 * pad - 4) // 2 - 4) // 2
         if side < 1:
             raise ConfigError(f"lenet needs images of at least 12 px, got {image_size}")
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 6, 5, padding=pad),
+            nn.Conv2d(channels, 6 * width, 5, padding=pad),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5),
+            nn.Conv2d(6 * width, 16 * width, 5),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(16 * side * side, 120),
+            nn.Linear(16 * width * side * side, 120 * width),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
-            nn.Linear(120, 84),
+            nn.Linear(120 * width, 84 * width),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
-            nn.Linear(84, num_classes),
+            nn.Linear(84 * width, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,9 @@ class LeNet(Classifier):
         self._built: dict[str, Any] = {}
 
     def build(self, *, num_classes: int, channels: int, image_size: int) -> nn.Module:
-        model = LeNet5(num_classes=num_classes, channels=channels, image_size=image_size, dropout=self.options.dropout)
+        o = self.options
+        model = LeNet5(num_classes=num_classes, channels=channels, image_size=image_size, dropout=o.dropout,
+                       width=o.width)
         self._built = {
             "image_size": image_size,
             "input_size": image_size,
@@ -80,6 +83,7 @@ class LeNet(Classifier):
             "architecture": "LeNet-5 (ReLU, max-pool)",
             "implementation": "plugins.classifiers.lenet",
             "dropout": self.options.dropout,
+            "width": self.options.width,
             "normalization": "[-1, 1]",
             "weights": {"origin": "random-init"},
             **self._built,
