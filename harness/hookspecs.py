@@ -173,6 +173,13 @@ class Runtime:
 
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A gradient scaler, enabled for fp16 only (its narrow range underflows small gradients); with bf16/fp32
+        ``scale``, ``unscale_``, ``step`` and ``update`` pass through. One per optimizer."""
+        import torch
+
+        return torch.amp.GradScaler(torch.device(self.device).type, enabled=self.precision == "fp16")
+
 
 # --------------------------------------------------------------------------------------------------- datasets
 

@@ -25,7 +25,7 @@ import hashlib
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -335,24 +335,27 @@ def balanced_resample(labels: torch.Tensor, subgroups: torch.Tensor, generator: 
     return index[torch.randperm(len(index), generator=generator)]
 
 
-def _oracle(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
-    data = ctx.data
-    G = data.num_subgroups
-    runtime = ctx.runtime(u, out)
+def fit_oracle(clf: TrainedClassifier, train: ImageSet, spec: RunSpec, runtime: Runtime, *, joint: bool = False,
+               num_subgroups: int = 1) -> Mapping[str, Any]:
+    """Train the oracle ``clf`` on D_real ``train`` (SPEC §4; docs/metrics.md): hold out real images first, then
+    balance both parts with :func:`balanced_resample`, so duplicates never straddle training and validation.
+    ``joint``: targets are ``class · G + subgroup``. Returns the training statistics."""
     gen = torch.Generator().manual_seed(runtime.seed)
-    # Hold out real images first, then balance both parts: duplicates never straddle train and validation.
-    train_idx, val_idx = split_holdout(len(data.train), ctx.spec.training.val_fraction, gen)
+    train_idx, val_idx = split_holdout(len(train), spec.training.val_fraction, gen)
     parts = []
     for idx in (train_idx, val_idx):
-        part = data.train.subset(idx)
+        part = train.subset(idx)
         part = part.subset(balanced_resample(part.labels, part.subgroups, gen))
-        parts.append(part.with_labels(part.labels * G + part.subgroups) if ctx.oracle_joint else part)
-    train, val = parts
+        parts.append(part.with_labels(part.labels * num_subgroups + part.subgroups) if joint else part)
+    return train_classifier(clf, parts[0], spec.training, runtime, max_epochs=spec.metrics.oracle.max_epochs,
+                            patience=spec.metrics.oracle.patience, val=parts[1])
+
+
+def _oracle(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+    data = ctx.data
     clf = ctx.new_classifier("oracle", oracle=True)
-    stats = train_classifier(
-        clf, train, ctx.spec.training, runtime, max_epochs=ctx.spec.metrics.oracle.max_epochs,
-        patience=ctx.spec.metrics.oracle.patience, val=val,
-    )
+    stats = fit_oracle(clf, data.train, ctx.spec, ctx.runtime(u, out), joint=ctx.oracle_joint,
+                       num_subgroups=data.num_subgroups)
     save_tensors(out / "model.safetensors", clf.model.state_dict())
     ctx.__dict__["oracle"] = clf
     cls, sub = ctx.oracle_predict(data.test.images, data.test.labels)

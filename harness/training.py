@@ -193,6 +193,7 @@ def train_classifier(
     epochs = max_epochs or recipe.max_epochs
     patience = patience or recipe.patience
     opt = _optimizer(clf.model.parameters(), recipe)
+    scaler = torch.amp.GradScaler(torch.device(clf.prep.device).type, enabled=clf.precision == "fp16")
     loss_fn = nn.CrossEntropyLoss()
     best_acc, best_epoch, best_state, bad = -1.0, 0, None, 0
     seen, t0 = 0, time.perf_counter()
@@ -209,8 +210,9 @@ def train_classifier(
                 with autocast(clf.prep.device, clf.precision):
                     loss = loss_fn(clf.model(clf.prep(x)).float(), y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 seen += idx.numel()
                 task.advance(1)
             train_seconds += time.perf_counter() - t_epoch

@@ -151,3 +151,23 @@ def test_learns_the_class_conditional_layout(tmp_path):
     diff = top - bottom
     assert diff[:32].mean() > 20 and diff[32:].mean() < -20, (diff[:32].mean(), diff[32:].mean(), stats)
     assert (diff[:32] > 0).float().mean() > 0.9 and (diff[32:] < 0).float().mean() > 0.9
+
+
+def test_fp16_trains_through_a_grad_scaler(tmp_path):
+    """fp16 (older GPUs under precision=auto) needs loss scaling; the scaler is off for bf16/fp32."""
+    import math
+
+    from harness.hookspecs import Runtime
+    from harness.imageset import ImageSet
+    from harness.progress import NullReporter
+
+    torch.manual_seed(0)
+    rt = Runtime("cpu", "fp16", 0, NullReporter(), tmp_path)
+    assert rt.grad_scaler().is_enabled()
+    assert not Runtime("cpu", "bf16", 0, NullReporter(), tmp_path).grad_scaler().is_enabled()
+    gen = DCGAN(DCGAN.Options(width=8, epochs=1, batch_size=8), num_classes=2, channels=1, image_size=28,
+                class_names=["a", "b"], runtime=rt)
+    data = ImageSet.create(torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8), torch.arange(16) % 2)
+    stats = gen.fit(data)
+    assert math.isfinite(stats["loss_d"]) and math.isfinite(stats["loss_g"])
+    assert gen.sample(torch.tensor([0, 1])).shape == (2, 1, 28, 28)

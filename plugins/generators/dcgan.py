@@ -318,6 +318,7 @@ class DCGAN(Generator):
         D.train()
         opt_g = torch.optim.Adam(G.parameters(), lr=o.lr_g, betas=o.betas)
         opt_d = torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=o.betas)
+        scale_g, scale_d = self.runtime.grad_scaler(), self.runtime.grad_scaler()  # pass-through unless fp16
         g_params = list(G.parameters())
         ema_params = list(self.G_ema.parameters()) if self.G_ema is not None else []
         shift = round(o.augment_shift * self.image_size)
@@ -360,8 +361,9 @@ class DCGAN(Generator):
                         (grad,) = torch.autograd.grad(d_real.sum(), x, create_graph=True)
                         loss_d = loss_d + 0.5 * o.r1_gamma * o.r1_every * grad.float().pow(2).sum((1, 2, 3)).mean()
                     opt_d.zero_grad(set_to_none=True)
-                    loss_d.backward()
-                    opt_d.step()
+                    scale_d.scale(loss_d).backward()
+                    scale_d.step(opt_d)
+                    scale_d.update()
 
                     # G step on the same fake batch (saves a forward pass); D's weight gradients are not needed.
                     D.requires_grad_(False)
@@ -373,8 +375,9 @@ class DCGAN(Generator):
                             ratio = (fake[:h2] - fake[h2 : 2 * h2]).abs().float().mean() / dz
                             loss_g = loss_g - o.mode_seeking * ratio.clamp(max=1.0)
                     opt_g.zero_grad(set_to_none=True)
-                    loss_g.backward()
-                    opt_g.step()
+                    scale_g.scale(loss_g).backward()
+                    scale_g.step(opt_g)
+                    scale_g.update()
                     D.requires_grad_(True)
 
                     step += 1

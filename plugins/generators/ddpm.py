@@ -174,6 +174,7 @@ class DDPM(Generator):
         unet.train()
         params = [p for p in unet.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        scaler = self.runtime.grad_scaler()  # pass-through unless fp16
         ema_params = list(self.unet_ema.parameters()) if self.unet_ema is not None else []
 
         total = 0.0
@@ -198,9 +199,11 @@ class DDPM(Generator):
                         pred = unet(xt, t, class_labels=y).sample
                     loss = F.mse_loss(pred.float(), noise)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)  # clip the true gradients
                     torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm)
-                    opt.step()
+                    scaler.step(opt)
+                    scaler.update()
                     step += 1
                     if ema_params:
                         # warm-up so short runs are not dominated by the random initialisation (as in dcgan)

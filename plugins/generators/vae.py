@@ -167,6 +167,7 @@ class ConditionalVAE(Generator):
         model = self.model
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=o.lr)
+        scaler = self.runtime.grad_scaler()  # pass-through unless fp16
         step = seen = 0
         ep_recon = ep_kl = float("nan")
         first = float("nan")
@@ -182,8 +183,9 @@ class ConditionalVAE(Generator):
                     recon, kl = self.losses(x, y)
                     loss = recon + o.beta * kl
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
                     step += 1
                     seen += len(idx)
                     sum_recon += recon.item() * len(idx)
