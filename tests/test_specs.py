@@ -22,6 +22,24 @@ def test_paper_preset_follows_spec_section_2(plugins):
     assert spec.filter.keep == 0.7  # the dataset's paper default wins over the preset's
 
 
+@pytest.mark.parametrize("dataset,oracle,keep", [("colored-mnist", "lenet", 0.9), ("cifar20", "resnet50", 0.7),
+                                                  ("breeds", "resnet50", 0.4), ("hard-imagenet", "resnet50", 0.4)])
+def test_paper_oracle_per_dataset(plugins, dataset, oracle, keep):
+    """The oracle is an instrument: LeNet (width 2, dropout) for MNIST, ResNet-50 for natural images."""
+    from harness.sweep import paper_defaults_of
+
+    spec = build_spec("paper", {"dataset": {"name": dataset}}, paper_defaults=paper_defaults_of(plugins))
+    assert spec.metrics.oracle.classifier.name == oracle and spec.filter.keep == keep
+    if oracle == "lenet":
+        assert spec.metrics.oracle.classifier.options == {"width": 2, "dropout": 0.5}
+    else:
+        assert spec.metrics.oracle.max_epochs == 50 and spec.metrics.oracle.patience == 5
+    # an explicit oracle wins over the dataset's default
+    spec = build_spec("paper", {"dataset": {"name": dataset}, "metrics": {"oracle": {"classifier": "alexnet"}}},
+                      paper_defaults=paper_defaults_of(plugins))
+    assert spec.metrics.oracle.classifier.name == "alexnet"
+
+
 def test_layers_file_then_flags_override_preset():
     spec = build_spec("quick", {"loop": {"generations": 7}}, {"loop": {"mix_ratio": 0.25}, "seeds": [1, 2]})
     assert spec.loop.generations == 7 and spec.loop.mix_ratio == 0.25 and spec.seeds == (1, 2)

@@ -50,6 +50,7 @@ from pydantic import Field, model_validator
 from harness.errors import ConfigError, DataError
 from harness.hookspecs import Dataset, DatasetBundle
 from harness.hookspecs import Options as BaseOptions
+from harness.specs import PAPER_IMAGE_ORACLE
 from plugins.datasets import _imagefolder
 
 HIERARCHY_URL = "https://raw.githubusercontent.com/MadryLab/BREEDS-Benchmarks/master/imagenet_class_hierarchy/modified"
@@ -331,7 +332,8 @@ class Breeds(Dataset):
     """BREEDS superclasses as classes, their subclasses as per-class subgroups (see the module docstring)."""
 
     Options = BreedsOptions
-    paper_defaults: ClassVar[dict[str, Any]] = {"filter": {"keep": 0.4}, "loop": {"generations": 4}}
+    paper_defaults: ClassVar[dict[str, Any]] = {"filter": {"keep": 0.4}, "loop": {"generations": 4},
+                                                "metrics": {"oracle": PAPER_IMAGE_ORACLE}}
 
     options: BreedsOptions
 

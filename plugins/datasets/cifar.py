@@ -38,6 +38,7 @@ from pydantic import Field, field_validator, model_validator
 from harness.errors import ConfigError, DataError
 from harness.hookspecs import Dataset, DatasetBundle
 from harness.hookspecs import Options as BaseOptions
+from harness.specs import PAPER_IMAGE_ORACLE
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.imageset import ImageSet
@@ -315,7 +316,8 @@ def keep_fractions(fine: np.ndarray, fractions: dict[int, float], rng: np.random
 
 
 class _CIFAR(Dataset):
-    paper_defaults: ClassVar[dict[str, Any]] = {"filter": {"keep": 0.7}, "loop": {"generations": 10}}
+    paper_defaults: ClassVar[dict[str, Any]] = {"filter": {"keep": 0.7}, "loop": {"generations": 10},
+                                                "metrics": {"oracle": PAPER_IMAGE_ORACLE}}
     dataset_name: ClassVar[str] = "cifar"
 
     options: CIFAROptions

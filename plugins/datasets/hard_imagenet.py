@@ -41,6 +41,7 @@ from pydantic import Field, field_validator
 from harness.errors import ConfigError, DataError
 from harness.hookspecs import Dataset, DatasetBundle
 from harness.hookspecs import Options as BaseOptions
+from harness.specs import PAPER_IMAGE_ORACLE
 from plugins.datasets import _imagefolder
 from plugins.datasets._imagefolder import GRAY
 
@@ -221,7 +222,8 @@ class HardImageNet(Dataset):
     """Hard ImageNet: 15 classes, G = 1, three ablation variants of the test set (see the module docstring)."""
 
     Options = HardImageNetOptions
-    paper_defaults: ClassVar[dict[str, Any]] = {"filter": {"keep": 0.4}, "loop": {"generations": 4}}
+    paper_defaults: ClassVar[dict[str, Any]] = {"filter": {"keep": 0.4}, "loop": {"generations": 4},
+                                                "metrics": {"oracle": PAPER_IMAGE_ORACLE}}
 
     options: HardImageNetOptions
 
