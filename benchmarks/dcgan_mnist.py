@@ -54,10 +54,10 @@ def train_oracle(train: ImageSet, device: str, seed: int = 0) -> TrainedClassifi
     o = spec.metrics.oracle
     plugin = LeNet(LeNet.Options(**o.classifier.options))
     c, s, _ = train.shape
+    torch.manual_seed(seed)  # the weights' initialisation
     clf = build_classifier("oracle", plugin, num_classes=10, channels=c, image_size=s, device=device,
                            precision="fp32")
     runtime = Runtime(device=device, precision="fp32", seed=seed, reporter=NullReporter(), workdir=Path("."))
-    torch.manual_seed(seed)
     fit_oracle(clf, train, spec, runtime)
     return clf
 

@@ -290,7 +290,10 @@ class Generator(ABC):
     @abstractmethod
     def fit(self, data: ImageSet) -> Mapping[str, Any]:
         """Train from scratch on ``data`` (uint8 images, labels). Returns training statistics (recorded in the
-        unit's ``result.json``: numbers, or strings such as a base model's path and hash)."""
+        unit's ``result.json``: numbers, or strings such as a base model's path and hash).
+
+        Read ``data.images`` by batch (``data.images[idx]``): for large datasets it is a
+        :class:`~harness.imageset.LazyImages` over memory-mapped shards rather than one tensor."""
 
     @abstractmethod
     def sample(self, labels: torch.Tensor) -> torch.Tensor:
