@@ -14,6 +14,7 @@ import torch
 from pydantic import ValidationError
 
 from harness.errors import ConfigError, DataError
+from harness.specs import PAPER_IMAGE_ORACLE
 from plugins.datasets import _imagefolder, breeds
 from plugins.datasets.breeds import HIERARCHY_MD5, Breeds, BreedsOptions, make_task, read_hierarchy
 from tests.conftest import shared_data_root
@@ -120,7 +121,8 @@ def test_options():
     opts = BreedsOptions(task="custom", level=4)
     assert BreedsOptions.model_validate(opts.model_dump(mode="json")) == opts
     assert BreedsOptions.model_validate(BreedsOptions().model_dump(mode="json")) == BreedsOptions()
-    assert Breeds.paper_defaults == {"filter": {"keep": 0.4}, "loop": {"generations": 4}}
+    assert Breeds.paper_defaults == {"filter": {"keep": 0.4}, "loop": {"generations": 4},
+                                  "metrics": {"oracle": PAPER_IMAGE_ORACLE}}
 
 
 # --------------------------------------------------------------------------------------------------- loading

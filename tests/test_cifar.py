@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from harness.errors import ConfigError, DataError
+from harness.specs import PAPER_IMAGE_ORACLE
 from plugins.datasets import cifar
 from plugins.datasets.cifar import CIFAR20, CIFAR100, CIFAR100Options, CIFAROptions, Imbalance
 
@@ -306,7 +307,8 @@ def test_check_and_registration(root):
     pm = create_plugin_manager(extra_plugins=(builtin,), load_entry_points=False)
     assert pm.registry("datasets").get("cifar20")[0] is CIFAR20
     assert pm.registry("datasets").get("cifar100")[0] is CIFAR100
-    assert CIFAR20.paper_defaults == {"filter": {"keep": 0.7}, "loop": {"generations": 10}}
+    assert CIFAR20.paper_defaults == {"filter": {"keep": 0.7}, "loop": {"generations": 10},
+                                  "metrics": {"oracle": PAPER_IMAGE_ORACLE}}
 
 
 # --------------------------------------------------------------------------------------------------- CLI

@@ -12,6 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from harness.errors import ConfigError, DataError
+from harness.specs import PAPER_IMAGE_ORACLE
 from plugins.datasets import _imagefolder
 from plugins.datasets import hard_imagenet as hi
 from plugins.datasets.hard_imagenet import GRAY, WNIDS, HardImageNet, HardImageNetOptions, ablate
@@ -217,7 +218,8 @@ def test_options_and_roots(release, tmp_path):
         HardImageNetOptions(resolutoin=32)
     opts = HardImageNetOptions(variants=["bbox_gray"])
     assert HardImageNetOptions.model_validate(opts.model_dump(mode="json")) == opts
-    assert HardImageNet.paper_defaults == {"filter": {"keep": 0.4}, "loop": {"generations": 4}}
+    assert HardImageNet.paper_defaults == {"filter": {"keep": 0.4}, "loop": {"generations": 4},
+                                  "metrics": {"oracle": PAPER_IMAGE_ORACLE}}
     line = make(release).check()
     assert "45 train / 30 test images, 15 classes" in line and "\n" not in line
 
