@@ -363,7 +363,7 @@ def _write_shards(
             tensors["masks"] = torch.from_numpy(mbuf[:fill])
         try:
             save_file(tensors, str(tmp / name))
-        except Exception as exc:  # noqa: BLE001 - OSError, or safetensors' own error type
+        except Exception as exc:
             raise _CacheWriteError(str(exc)) from exc
         start = shards[-1]["start"] + shards[-1]["count"] if shards else 0
         shards.append({"file": name, "start": start, "count": fill})
