@@ -630,6 +630,9 @@ def run(spec: RunSpec, plugins: Any, *, reporter: Any = None, executor: Any = No
 
         preflight(spec.metrics.fid.backbone)  # missing FID weights fail now, not after a generation of work
     run_dir = prepare_run_dir(spec)
+    from harness.results import _git_commit
+
+    _git_commit()  # provenance: the code this process runs is the commit checked out now, not at the end
     hook = plugins.pm.hook
     hook.on_run_start(spec=spec, run_dir=run_dir)
     units = plan(spec)

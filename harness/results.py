@@ -8,6 +8,7 @@ field path in the message.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import subprocess
@@ -266,7 +267,10 @@ def write_results(run_dir: Path, results: Results) -> Path:
 # --------------------------------------------------------------------------------------------------- collecting
 
 
+@functools.cache
 def _git_commit() -> str | None:
+    """The harness's git commit, read once per process — :func:`harness.loop.run` reads it when the run starts,
+    so a commit made while a long run is going is not attributed to it."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
