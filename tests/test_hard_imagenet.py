@@ -280,9 +280,13 @@ def test_damaged_jpeg(release):
 # --------------------------------------------------------------------------------------------------- end to end
 
 
-def test_bench_run_hard_imagenet_end_to_end(tmp_path):
+@pytest.mark.parametrize("in_memory_gb", ["4", "0"], ids=["in-memory", "mapped"])
+def test_bench_run_hard_imagenet_end_to_end(tmp_path, monkeypatch, in_memory_gb):
+    """``0``: the train split is read from memory-mapped shards; the test split (edited by the ablations) stays
+    in memory either way."""
     from tests.test_cifar import run_bench
 
+    monkeypatch.setenv(_imagefolder.ENV_IN_MEMORY, in_memory_gb)
     torch.set_num_threads(1)
     write_release(tmp_path / "data", n_train=4, n_val=2, extra_train=0)
     res = run_bench(tmp_path, tmp_path / "data",
