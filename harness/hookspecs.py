@@ -287,6 +287,12 @@ class Generator(ABC):
         ``ConfigError``) now if the options name weights that are not on disk. Must be cheap; the default checks
         nothing."""
 
+    def check_data(self, data: ImageSet, name: str) -> None:
+        """Raise ``ValueError`` unless ``data`` has the ``C×H×W`` this generator was built for."""
+        c, h, w = data.shape
+        if (c, h, w) != (self.channels, self.image_size, self.image_size):
+            raise ValueError(f"{name} was built for {self.channels}×{self.image_size}² images, got {c}×{h}×{w}")
+
     @abstractmethod
     def fit(self, data: ImageSet) -> Mapping[str, Any]:
         """Train from scratch on ``data`` (uint8 images, labels). Returns training statistics (recorded in the

@@ -296,9 +296,7 @@ class DCGAN(Generator):
 
     def fit(self, data: ImageSet) -> Mapping[str, float]:
         o = self.options
-        c, h, w = data.shape
-        if (c, h, w) != (self.channels, self.image_size, self.image_size):
-            raise ValueError(f"dcgan was built for {self.channels}×{self.image_size}² images, got {c}×{h}×{w}")
+        self.check_data(data, "dcgan")
         n = len(data)
         if n < 2:
             raise ValueError("dcgan needs at least 2 training images")

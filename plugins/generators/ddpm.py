@@ -159,9 +159,7 @@ class DDPM(Generator):
         from diffusers import DDPMScheduler
 
         o = self.options
-        c, h, w = data.shape
-        if (c, h, w) != (self.channels, self.image_size, self.image_size):
-            raise ValueError(f"ddpm was built for {self.channels}×{self.image_size}² images, got {c}×{h}×{w}")
+        self.check_data(data, "ddpm")
         n = len(data)
         if n < 1:
             raise ValueError("ddpm needs at least 1 training image")

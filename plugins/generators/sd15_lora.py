@@ -310,9 +310,7 @@ class SD15LoRA(Generator):
         from diffusers import DDPMScheduler
 
         o = self.options
-        c, h, w = data.shape
-        if (c, h, w) != (self.channels, self.image_size, self.image_size):
-            raise ValueError(f"sd15-lora was built for {self.channels}×{self.image_size}² images, got {c}×{h}×{w}")
+        self.check_data(data, "sd15-lora")
         n = len(data)
         if n < 1:
             raise ValueError("sd15-lora needs at least 1 training image")

@@ -155,9 +155,7 @@ class ConditionalVAE(Generator):
 
     def fit(self, data: ImageSet) -> Mapping[str, float]:
         o = self.options
-        c, h, w = data.shape
-        if (c, h, w) != (self.channels, self.image_size, self.image_size):
-            raise ValueError(f"vae was built for {self.channels}×{self.image_size}² images, got {c}×{h}×{w}")
+        self.check_data(data, "vae")
         n = len(data)
         if n < 1:
             raise ValueError("vae needs at least 1 training image")
@@ -196,7 +194,7 @@ class ConditionalVAE(Generator):
                     first = ep_recon + o.beta * ep_kl
         model.eval()
         seconds = time.perf_counter() - t0
-        pixels = c * h * w
+        pixels = self.channels * self.image_size**2
         return {
             "loss": ep_recon + o.beta * ep_kl,
             "loss_first_epoch": first,
