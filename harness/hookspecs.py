@@ -287,11 +287,15 @@ class Generator(ABC):
         ``ConfigError``) now if the options name weights that are not on disk. Must be cheap; the default checks
         nothing."""
 
-    def check_data(self, data: ImageSet, name: str) -> None:
-        """Raise ``ValueError`` unless ``data`` has the ``C×H×W`` this generator was built for."""
+    def check_data(self, data: ImageSet, name: str, min_images: int = 1) -> int:
+        """Raise ``ValueError`` unless ``data`` has the ``C×H×W`` this generator was built for and at least
+        ``min_images`` images; return their number."""
         c, h, w = data.shape
         if (c, h, w) != (self.channels, self.image_size, self.image_size):
             raise ValueError(f"{name} was built for {self.channels}×{self.image_size}² images, got {c}×{h}×{w}")
+        if len(data) < min_images:
+            raise ValueError(f"{name} needs at least {min_images} training image{'s' if min_images > 1 else ''}")
+        return len(data)
 
     @abstractmethod
     def fit(self, data: ImageSet) -> Mapping[str, Any]:

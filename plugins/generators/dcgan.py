@@ -296,10 +296,7 @@ class DCGAN(Generator):
 
     def fit(self, data: ImageSet) -> Mapping[str, float]:
         o = self.options
-        self.check_data(data, "dcgan")
-        n = len(data)
-        if n < 2:
-            raise ValueError("dcgan needs at least 2 training images")
+        n = self.check_data(data, "dcgan", 2)
         bs = min(o.batch_size, n)
         k = o.minibatch_std if bs >= o.minibatch_std else 0  # tiny data sets: plain batches
         if k:

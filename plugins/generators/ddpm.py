@@ -159,10 +159,7 @@ class DDPM(Generator):
         from diffusers import DDPMScheduler
 
         o = self.options
-        self.check_data(data, "ddpm")
-        n = len(data)
-        if n < 1:
-            raise ValueError("ddpm needs at least 1 training image")
+        n = self.check_data(data, "ddpm")
         scheduler = DDPMScheduler(**self._schedule_kwargs(), prediction_type="epsilon")
         bs = min(o.batch_size, n)
         steps_per_epoch = math.ceil(n / bs)

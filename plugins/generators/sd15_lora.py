@@ -310,10 +310,7 @@ class SD15LoRA(Generator):
         from diffusers import DDPMScheduler
 
         o = self.options
-        self.check_data(data, "sd15-lora")
-        n = len(data)
-        if n < 1:
-            raise ValueError("sd15-lora needs at least 1 training image")
+        n = self.check_data(data, "sd15-lora")
         noise_scheduler = DDPMScheduler.from_config(self.scheduler_config)
         T = noise_scheduler.config.num_train_timesteps
         prediction = noise_scheduler.config.prediction_type

@@ -155,10 +155,7 @@ class ConditionalVAE(Generator):
 
     def fit(self, data: ImageSet) -> Mapping[str, float]:
         o = self.options
-        self.check_data(data, "vae")
-        n = len(data)
-        if n < 1:
-            raise ValueError("vae needs at least 1 training image")
+        n = self.check_data(data, "vae")
         bs = min(o.batch_size, n)
         steps_per_epoch = math.ceil(n / bs)
         images, labels = data.images, data.labels
