@@ -171,3 +171,16 @@ def test_fp16_trains_through_a_grad_scaler(tmp_path):
     stats = gen.fit(data)
     assert math.isfinite(stats["loss_d"]) and math.isfinite(stats["loss_g"])
     assert gen.sample(torch.tensor([0, 1])).shape == (2, 1, 28, 28)
+
+
+def test_fit_checks_the_data(tmp_path):
+    from harness.hookspecs import Runtime
+    from harness.imageset import ImageSet
+    from harness.progress import NullReporter
+
+    gen = DCGAN(DCGAN.Options(width=8, epochs=1, batch_size=8), num_classes=2, channels=1, image_size=28,
+                class_names=["a", "b"], runtime=Runtime("cpu", "fp32", 0, NullReporter(), tmp_path))
+    with pytest.raises(ValueError, match=r"dcgan was built for 1×28² images, got 3×28×28"):
+        gen.fit(ImageSet.create(torch.zeros(4, 3, 28, 28, dtype=torch.uint8), [0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="dcgan needs at least 2 training images"):
+        gen.fit(ImageSet.create(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), [0]))
