@@ -30,15 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.hookspecs import Runtime
+from harness.hookspecs import Generator, Runtime
 from harness.imageset import ImageSet
 from harness.loop import fit_oracle
+from harness.plugins import default_plugins
 from harness.progress import NullReporter
 from harness.specs import build_spec
 from harness.training import TrainedClassifier, build_classifier
 from plugins.classifiers.lenet import LeNet
 from plugins.datasets.colored_mnist import ColoredMNIST
-from plugins.generators.dcgan import DCGAN
 
 #: What the harness's ``quick`` preset should pass to dcgan (docs/generators.md). The defaults equal these.
 QUICK_OPTIONS: dict = {"width": 32, "epochs": 10, "batch_size": 64}
@@ -92,12 +92,13 @@ def harness_fid(fake: torch.Tensor, real: torch.Tensor, device: str) -> float:
 
 
 def run_generator(train: ImageSet, options: dict, precision: str, seed: int, workdir: Path,
-                  device: str = "cpu") -> tuple[DCGAN, dict]:
+                  device: str = "cpu", name: str = "dcgan") -> tuple[Generator, dict]:
     torch.manual_seed(seed)
     runtime = Runtime(device=device, precision=precision, seed=seed, reporter=NullReporter(), workdir=workdir)
     c, s, _ = train.shape
-    gen = DCGAN(
-        DCGAN.Options(**options),
+    cls, _ = default_plugins().registry("generators").get(name)
+    gen = cls(
+        cls.Options(**options),
         num_classes=10,
         channels=c,
         image_size=s,
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=os.environ.get("BENCH_DATA_ROOT", "../shared/data"))
     ap.add_argument("--bias", choices=("biased", "unbiased"), default="biased")
     ap.add_argument("--train-size", type=int, default=None, help="stratified subsample of the training set")
-    ap.add_argument("--options", default="{}", help="JSON overriding the quick dcgan options")
+    ap.add_argument("--generator", default="dcgan", help="any registered generator (its defaults; dcgan: quick)")
+    ap.add_argument("--options", default="{}", help="JSON overriding the generator's options")
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust on a shared 2-core box)")
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = ColoredMNIST(ColoredMNIST.Options(**ds_options), data_root=Path(args.data_root))
     bundle = dataset.load()
     train, test = bundle.train, bundle.test
-    options = {**QUICK_OPTIONS, **json.loads(args.options)}
+    options = {**(QUICK_OPTIONS if args.generator == "dcgan" else {}), **json.loads(args.options)}
     machine = f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), " \
               f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
     log(f"colored-mnist {ds_options}: {len(train)} train / {len(test)} test; {machine}")
@@ -147,18 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         combos = {"all": [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)],
                   "fp32": [("fp32", False), ("fp32", True)], "none": []}[args.throughput]
+        gcls, _ = default_plugins().registry("generators").get(args.generator)
+        if "channels_last" not in gcls.Options.model_fields:
+            combos = []  # the throughput rows compare memory formats
         n_sub = min(args.throughput_images, len(train))
         sub = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_sub])
         for precision, cl in combos:
             _, st = run_generator(sub, {**options, "epochs": 1, "channels_last": cl}, precision, args.seed, Path(tmp),
-                                  args.device)
+                                  args.device, args.generator)
             rows.append((f"{precision}{' + channels_last' if cl else ''} ({n_sub:,} images, 1 epoch)",
                          st["images_per_s"], st["seconds"], None, None, None))
             log(f"{rows[-1][0]}: {st['images_per_s']:.0f} img/s")
 
-        gen, st = run_generator(train, options, "fp32", args.seed, Path(tmp), args.device)
-        log(f"train: {st['images_per_s']:.0f} img/s, {st['seconds']:.1f} s, {st['steps']:.0f} steps, "
-            f"loss_d {st['loss_d']:.3f} loss_g {st['loss_g']:.3f}")
+        gen, st = run_generator(train, options, "fp32", args.seed, Path(tmp), args.device, args.generator)
+        log(f"train: {st['images_per_s']:.0f} img/s, {st['seconds']:.1f} s; "
+            + ", ".join(f"{k} {v:.3g}" for k, v in st.items() if isinstance(v, float) and k.startswith("loss")))
         torch.manual_seed(args.seed + 1)
         labels = train.labels[torch.randint(len(train), (args.samples,))]
         t = time.perf_counter()
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"fp32, {options} ({len(train)} images)", st["images_per_s"], st["seconds"], q, u, fid_value))
 
     f = lambda v, fmt: "–" if v is None else format(v, fmt)
-    print(f"dcgan on colored-mnist {ds_options}; {machine}")
+    print(f"{args.generator} on colored-mnist {ds_options}; {machine}")
     print(f"oracle test acc {oracle_acc:.3f}; sampling {args.samples} images {sample_s:.2f} s; "
           f"generated colours {fake_hist} (real train {torch.bincount(train.subgroups).tolist()})\n")
     print("| run | img/s | train s | q | u | FID |")
