@@ -14,6 +14,7 @@ installed (skipped with the harness's note otherwise).
     python benchmarks/dcgan_mnist.py --bias unbiased --threads 2
     python benchmarks/dcgan_mnist.py --full                 # all of MNIST from $BENCH_DATA_ROOT (../shared/data)
     python benchmarks/dcgan_mnist.py --device cuda --throughput-images 16384   # the GPU path
+    python benchmarks/dcgan_mnist.py --generator vae --throughput none         # another generator, same measures
 """
 
 from __future__ import annotations
