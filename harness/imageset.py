@@ -97,6 +97,8 @@ class LazyImages:
         return out
 
     def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, torch.Tensor | np.ndarray) and key.ndim == 0 and key.dtype != torch.bool:
+            key = int(key)
         got = self._gather(self._positions(key))
         return got[0] if isinstance(key, int | np.integer) else got
 

@@ -62,7 +62,7 @@ def test_lazy_images_read_like_the_tensor(tmp_path):
     assert lazy.shape == full.shape and len(lazy) == 12 and lazy.dtype == torch.uint8 and lazy.ndim == 4
     for key in (slice(None), slice(2, 9), slice(10, 100), slice(None, None, 3), 0, 7, -1,
                 torch.tensor([11, 0, 5, 5, 8]), [3, 4], np.array([9, 1]), torch.arange(12) % 2 == 0,
-                torch.tensor([], dtype=torch.int64)):
+                torch.tensor([], dtype=torch.int64), torch.tensor(4), np.int64(2)):
         assert torch.equal(lazy[key], full[key]), key
     with pytest.raises(IndexError):
         lazy[12]
