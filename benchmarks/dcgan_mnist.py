@@ -76,6 +76,19 @@ def colour_tv(fake_colours: torch.Tensor, fake_labels: torch.Tensor, real: Image
     return float(np.mean(tvs))
 
 
+def class_diversity(images: torch.Tensor, labels: torch.Tensor, per_class: int = 100) -> float:
+    """Within-class diversity: mean over classes of the mean pairwise L1 distance per pixel between (up to)
+    ``per_class`` images of the class, on the colour-blind intensity (max over channels). Mode collapse *within*
+    a class — one image per label whatever z — shows as a value far below the real data's, which q and u miss."""
+    g = images.float().div(255).amax(1).flatten(1)
+    values = []
+    for c in torch.unique(labels).tolist():
+        a = g[labels == c][:per_class]
+        if len(a) > 1:
+            values.append(torch.cdist(a, a, p=1).sum().item() / (len(a) * (len(a) - 1) * a.shape[1]))
+    return float(np.mean(values))
+
+
 # --------------------------------------------------------------------------------------------------- FID
 
 
@@ -173,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         q = (oracle.predict(fake) == labels).float().mean().item()
         colours = dataset.measure_subgroups(fake, labels)
         u = colour_tv(colours, labels, train, len(bundle.subgroup_names))
+        diversity = (class_diversity(fake, labels), class_diversity(train.images, train.labels))
         fake_hist = torch.bincount(colours[colours >= 0], minlength=len(bundle.subgroup_names)).tolist()
         fid_value, fid_note = None, "--no-fid"
         if not args.no_fid:
@@ -187,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     f = lambda v, fmt: "–" if v is None else format(v, fmt)
     print(f"{args.generator} on colored-mnist {ds_options}; {machine}")
     print(f"oracle test acc {oracle_acc:.3f}; sampling {args.samples} images {sample_s:.2f} s; "
-          f"generated colours {fake_hist} (real train {torch.bincount(train.subgroups).tolist()})\n")
+          f"generated colours {fake_hist} (real train {torch.bincount(train.subgroups).tolist()}); "
+          f"within-class diversity {diversity[0]:.3f} (real {diversity[1]:.3f})\n")
     print("| run | img/s | train s | q | u | FID |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, ips, secs, qq, uu, fv in rows:
