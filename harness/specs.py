@@ -178,7 +178,8 @@ class RunSpec(Spec):
 QUICK: dict[str, Any] = {
     "dataset": {"name": "colored-mnist", "options": {"source": "embedded", "bias": "biased"}},
     "generator": {"name": "dcgan", "options": {"epochs": 10, "loss": "bce", "spectral_norm": False, "lr_d": 2e-4,
-                                               "minibatch_std": 0, "augment_shift": 0.0, "mode_seeking": 1.0}},
+                                               "minibatch_std": 4, "conditioning": "cbn", "augment_shift": 0.0,
+                                               "mode_seeking": 1.0}},
     "classifiers": ["lenet", "timm:test_resnet"],
     "filter": {"name": "uncertainty", "keep": 0.9},
     "loop": {"generations": 5, "samples_per_generation": 2000, "queue_capacity": 3, "mix_ratio": 0.5},

@@ -183,7 +183,7 @@ class DCGAN(Generator):
         z_dim: int = Field(64, ge=1)
         embed_dim: int = Field(32, ge=1, description="size of G's class embedding")
         conditioning: Literal["concat", "cbn"] = Field(
-            "concat", description="G: concat = [z; embed(y)] at the input; cbn = also in every BN (gain and bias)"
+            "cbn", description="G: concat = [z; embed(y)] at the input; cbn = also in every BN (gain and bias)"
         )
         output: Literal["tanh", "linear"] = Field(
             "tanh", description="G's last activation (linear: clamped to [-1, 1] when sampling)"
@@ -196,7 +196,7 @@ class DCGAN(Generator):
         loss: Literal["bce", "hinge"] = Field("bce", description="bce = non-saturating GAN loss")
         spectral_norm: bool = False
         minibatch_std: int = Field(
-            0, ge=0, description="same-class group size of the minibatch-std feature; 0 = off (true = 4, false = 0)"
+            4, ge=0, description="same-class group size of the minibatch-std feature; 0 = off (true = 4, false = 0)"
         )
         r1_gamma: float = Field(0.0, ge=0, description="R1 penalty on real images (Mescheder et al. 2018); 0 = off")
         r1_every: int = Field(4, ge=1, description="apply R1 every k steps, scaled by k (lazy regularisation)")
