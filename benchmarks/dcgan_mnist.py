@@ -105,12 +105,16 @@ def harness_fid(fake: torch.Tensor, real: torch.Tensor, device: str) -> float:
 # --------------------------------------------------------------------------------------------------- main
 
 
+def generator_class(name: str) -> type[Generator]:
+    return default_plugins().registry("generators").get(name)[0]
+
+
 def run_generator(train: ImageSet, options: dict, precision: str, seed: int, workdir: Path,
-                  device: str = "cpu", name: str = "dcgan") -> tuple[Generator, dict]:
+                  device: str = "cpu", cls: type[Generator] | None = None) -> tuple[Generator, dict]:
     torch.manual_seed(seed)
     runtime = Runtime(device=device, precision=precision, seed=seed, reporter=NullReporter(), workdir=workdir)
     c, s, _ = train.shape
-    cls, _ = default_plugins().registry("generators").get(name)
+    cls = cls or generator_class("dcgan")
     gen = cls(
         cls.Options(**options),
         num_classes=10,
@@ -163,19 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         combos = {"all": [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)],
                   "fp32": [("fp32", False), ("fp32", True)], "none": []}[args.throughput]
-        gcls, _ = default_plugins().registry("generators").get(args.generator)
+        gcls = generator_class(args.generator)
         if "channels_last" not in gcls.Options.model_fields:
             combos = []  # the throughput rows compare memory formats
         n_sub = min(args.throughput_images, len(train))
         sub = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_sub])
         for precision, cl in combos:
             _, st = run_generator(sub, {**options, "epochs": 1, "channels_last": cl}, precision, args.seed, Path(tmp),
-                                  args.device, args.generator)
+                                  args.device, gcls)
             rows.append((f"{precision}{' + channels_last' if cl else ''} ({n_sub:,} images, 1 epoch)",
                          st["images_per_s"], st["seconds"], None, None, None))
             log(f"{rows[-1][0]}: {st['images_per_s']:.0f} img/s")
 
-        gen, st = run_generator(train, options, "fp32", args.seed, Path(tmp), args.device, args.generator)
+        gen, st = run_generator(train, options, "fp32", args.seed, Path(tmp), args.device, gcls)
         log(f"train: {st['images_per_s']:.0f} img/s, {st['seconds']:.1f} s; "
             + ", ".join(f"{k} {v:.3g}" for k, v in st.items() if isinstance(v, float) and k.startswith("loss")))
         torch.manual_seed(args.seed + 1)

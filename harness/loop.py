@@ -317,9 +317,9 @@ def balanced_resample(labels: torch.Tensor, subgroups: torch.Tensor, generator: 
     """
     if labels.numel() == 0:
         return torch.zeros(0, dtype=torch.int64)
-    cell = labels * (int(subgroups.max()) + 2) + (subgroups + 1)
-    cells, inverse, counts = torch.unique(cell, return_inverse=True, return_counts=True)
-    cell_class = labels[torch.sort(inverse, stable=True).indices[torch.cumsum(counts, 0) - counts]]
+    width = int(subgroups.max()) + 2
+    cells, inverse, counts = torch.unique(labels * width + (subgroups + 1), return_inverse=True, return_counts=True)
+    cell_class = cells // width
     target = torch.zeros(int(labels.max()) + 1, dtype=counts.dtype).scatter_reduce(
         0, cell_class, counts, reduce="amax")[cell_class]  # per cell: the largest cell count of its class
     order = torch.sort(inverse, stable=True).indices  # indices grouped by cell
@@ -630,9 +630,9 @@ def run(spec: RunSpec, plugins: Any, *, reporter: Any = None, executor: Any = No
 
         preflight(spec.metrics.fid.backbone)  # missing FID weights fail now, not after a generation of work
     run_dir = prepare_run_dir(spec)
-    from harness.results import _git_commit
+    from harness.results import git_commit
 
-    _git_commit()  # provenance: the code this process runs is the commit checked out now, not at the end
+    git_commit()  # provenance: the code this process runs is the commit checked out now, not at the end
     hook = plugins.pm.hook
     hook.on_run_start(spec=spec, run_dir=run_dir)
     units = plan(spec)

@@ -268,7 +268,7 @@ def write_results(run_dir: Path, results: Results) -> Path:
 
 
 @functools.cache
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     """The harness's git commit, read once per process — :func:`harness.loop.run` reads it when the run starts,
     so a commit made while a long run is going is not attributed to it."""
     try:
@@ -301,7 +301,7 @@ def provenance(ctx: Any, oracle: dict[str, Any] | None) -> Provenance:
                                             distribution=entry.distribution, version=entry.version))
     return Provenance(
         harness_version=__version__,
-        git_commit=_git_commit(),
+        git_commit=git_commit(),
         python=platform.python_version(),
         torch=torch.__version__,
         cuda=torch.version.cuda if ctx.device.startswith("cuda") else None,
