@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.hookspecs import Generator, Runtime
+from harness.interfaces import Generator, Runtime
 from harness.imageset import ImageSet
-from harness.loop import fit_oracle
-from harness.plugins import default_plugins
-from harness.progress import NullReporter
+from harness.engine.stages import fit_oracle
+from harness.plugin.manager import default_plugins
+from harness.engine.progress import NullReporter
 from harness.specs import build_spec
-from harness.training import TrainedClassifier, build_classifier
+from harness.engine.training import TrainedClassifier, build_classifier
 from plugins.classifiers.lenet import LeNet
 from plugins.datasets.colored_mnist import ColoredMNIST
 
@@ -94,7 +94,7 @@ def class_diversity(images: torch.Tensor, labels: torch.Tensor, per_class: int =
 
 def harness_fid(fake: torch.Tensor, real: torch.Tensor, device: str) -> float:
     """FID exactly as the harness computes it (harness/fid.py: TF-2015 Inception, TF1 bilinear resize to 299)."""
-    from harness import fid
+    from harness.measure import fid
 
     extractor = fid.get_extractor("inception-tf2015", device)
     f_fake = fid.extract_features(extractor, fake, device)

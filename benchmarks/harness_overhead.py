@@ -2,12 +2,12 @@
 
     .venv/bin/python benchmarks/harness_overhead.py [--epochs 2] [--classifier lenet] [--device cpu]
 
-*Classifier*: the harness path is :func:`harness.training.train_classifier` (uint8 batches converted, resized and
+*Classifier*: the harness path is :func:`harness.engine.training.train_classifier` (uint8 batches converted, resized and
 normalised on the fly; per-epoch held-out evaluation for early stopping, which the bare loop does not do, is
 excluded from the rate by the recipe itself). The bare loop holds the data pre-converted to normalised float and
 runs ``forward / loss / backward / step``, with the same precision and memory format.
 
-*Generator*: the harness path is the whole ``generator`` work unit of the loop (:func:`harness.loop.execute`:
+*Generator*: the harness path is the whole ``generator`` work unit of the loop (:func:`harness.engine.stages.execute`:
 building D_{t-1} from the run directory, ``fit``, saving the weights with safetensors); the bare loop is the
 same DCGAN networks, loss, optimisers, EMA and batch size written as a plain loop over pre-converted float data.
 
@@ -28,11 +28,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import loop  # noqa: E402
+from harness.engine import plan, stages  # noqa: E402
 from harness.hookspecs import Runtime  # noqa: E402
-from harness.plugins import create_plugin_manager  # noqa: E402
-from harness.progress import NullReporter  # noqa: E402
+from harness.plugin.manager import create_plugin_manager  # noqa: E402
+from harness.engine.progress import NullReporter  # noqa: E402
 from harness.specs import TrainingSpec, build_spec, resolve_spec  # noqa: E402
-from harness.training import autocast, build_classifier, resolve_precision, train_classifier  # noqa: E402
+from harness.engine.training import autocast, build_classifier, resolve_precision, train_classifier  # noqa: E402
 
 
 def bench_classifier(name: str, data, device: str, precision: str, epochs: int, batch_size: int) -> tuple[float, float]:
@@ -89,11 +90,11 @@ def bench_generator(data, device: str, precision: str, epochs: int, batch_size: 
     }
     spec = resolve_spec(build_spec(None, cfg), plugins)
     run_dir = loop.prepare_run_dir(spec)
-    ctx = loop.RunContext(spec, run_dir, plugins)
+    ctx = stages.RunContext(spec, run_dir, plugins)
     _ = ctx.data  # the dataset is loaded once per process, before any unit; not part of a unit's cost
-    u = loop.unit("generator", 0, 1)
+    u = plan.unit("generator", 0, 1)
     t0 = time.perf_counter()
-    result = loop.execute(ctx, u)
+    result = stages.execute(ctx, u)
     harness_rate = result["train"]["images_seen"] / (time.perf_counter() - t0)
 
     # The bare loop: the same networks, loss, optimisers and EMA, over pre-converted float data.

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from harness.imageset import ImageSet, LazyImages
-from harness.rundir import map_tensors
+from harness.engine.rundir import map_tensors
 from plugins.datasets._imagefolder import _write_cache, shard_rows
 
 

@@ -31,10 +31,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from harness.executor import LocalExecutor, RayExecutor  # noqa: E402
-from harness.loop import RESULT, plan  # noqa: E402
-from harness.plugins import create_plugin_manager  # noqa: E402
-from harness.sweep import build_sweep, parse_sweep, run_sweep  # noqa: E402
+from harness.scale.executor import LocalExecutor, RayExecutor  # noqa: E402
+from harness.engine.plan import RESULT, plan  # noqa: E402
+from harness.plugin.manager import create_plugin_manager  # noqa: E402
+from harness.scale.sweep import build_sweep, parse_sweep, run_sweep  # noqa: E402
 
 
 def sweep_config(generations: int) -> dict:
@@ -109,7 +109,7 @@ def simulate(outcomes: list, slots: int | None) -> float:
 
 def warm_up(plugins, data) -> None:
     """Import and load everything once (torch kernels, timm, the dataset) so no timed sweep pays for it."""
-    from harness.loop import RunContext
+    from harness.engine.stages import RunContext
 
     run = build_sweep(parse_sweep(data), plugins, out=Path(tempfile.mkdtemp()))[0]
     ctx = RunContext(run.spec, run.run_dir, plugins)

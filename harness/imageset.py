@@ -254,13 +254,13 @@ class ImageSet:
         )
 
     def save(self, path: Path) -> None:
-        from harness.rundir import save_tensors
+        from harness.engine.rundir import save_tensors
 
         save_tensors(path, self.tensors())
 
     @classmethod
     def load(cls, path: Path) -> ImageSet:
-        from harness.rundir import load_tensors
+        from harness.engine.rundir import load_tensors
 
         return cls.from_tensors(load_tensors(path))
 

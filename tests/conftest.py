@@ -36,7 +36,7 @@ def tiny_config(**over: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def plugins():
-    from harness.plugins import create_plugin_manager
+    from harness.plugin.manager import create_plugin_manager
 
     return create_plugin_manager()
 

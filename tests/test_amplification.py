@@ -1,4 +1,4 @@
-"""harness.amplification: A_t and its guards, A_bar, bias_value, and the SPEC §5 fit on synthetic data."""
+"""harness.measure.amplification: A_t and its guards, A_bar, bias_value, and the SPEC §5 fit on synthetic data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.amplification import a_bar, amplification_factors, bias_value, fit_amplification
+from harness.measure.amplification import a_bar, amplification_factors, bias_value, fit_amplification
 
 # ----------------------------------------------------------------------------------------------- A_t, A_bar
 

@@ -300,7 +300,7 @@ def test_check_and_registration(root):
     path, _ = root
     line = make20(path).check()
     assert "1000 train / 200 test" in line and "20 classes, per-class subgroups G = 5" in line and "md5 ok" in line
-    from harness.plugins import create_plugin_manager
+    from harness.plugin.manager import create_plugin_manager
 
     import plugins.datasets as builtin
 

@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 
 from harness.errors import ConfigError, WeightsError
-from harness.plugins import create_plugin_manager
+from harness.plugin.manager import create_plugin_manager
 
 #: The family entry is exercised with a tiny timm model.
 FAMILY_EXAMPLE = {"timm:": "timm:test_resnet"}

@@ -41,7 +41,7 @@ def test_run_prints_only_the_results_path_on_stdout(tmp_path):
 
     import jsonschema
 
-    from harness.results import SCHEMA_PATH, load_results
+    from harness.publish.results import SCHEMA_PATH, load_results
 
     data = json.loads(path.read_text())
     jsonschema.validate(data, json.loads(SCHEMA_PATH.read_text()))

@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from harness.errors import ConfigError, DataError
-from harness.hookspecs import Dataset
+from harness.interfaces import Dataset
 from plugins.datasets import _mnist_io
 from plugins.datasets.colored_mnist import (
     CLASS_NAMES,
@@ -208,7 +208,7 @@ def test_check_embedded_and_class_attributes():
 
 
 def test_registered():
-    from harness.plugins import create_plugin_manager
+    from harness.plugin.manager import create_plugin_manager
 
     import plugins.datasets as builtin
 

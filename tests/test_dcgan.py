@@ -8,7 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from harness.hookspecs import Runtime
+from harness.interfaces import Runtime
 from harness.imageset import ImageSet
 from plugins.generators.dcgan import DCGAN
 
@@ -157,9 +157,9 @@ def test_fp16_trains_through_a_grad_scaler(tmp_path):
     """fp16 (older GPUs under precision=auto) needs loss scaling; the scaler is off for bf16/fp32."""
     import math
 
-    from harness.hookspecs import Runtime
+    from harness.interfaces import Runtime
     from harness.imageset import ImageSet
-    from harness.progress import NullReporter
+    from harness.engine.progress import NullReporter
 
     torch.manual_seed(0)
     rt = Runtime("cpu", "fp16", 0, NullReporter(), tmp_path)
@@ -174,9 +174,9 @@ def test_fp16_trains_through_a_grad_scaler(tmp_path):
 
 
 def test_fit_checks_the_data(tmp_path):
-    from harness.hookspecs import Runtime
+    from harness.interfaces import Runtime
     from harness.imageset import ImageSet
-    from harness.progress import NullReporter
+    from harness.engine.progress import NullReporter
 
     gen = DCGAN(DCGAN.Options(width=8, epochs=1, batch_size=8), num_classes=2, channels=1, image_size=28,
                 class_names=["a", "b"], runtime=Runtime("cpu", "fp32", 0, NullReporter(), tmp_path))

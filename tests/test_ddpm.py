@@ -11,9 +11,9 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from harness.errors import ConfigError
-from harness.hookspecs import Runtime
+from harness.interfaces import Runtime
 from harness.imageset import ImageSet
-from harness.progress import NullReporter
+from harness.engine.progress import NullReporter
 from tests.conftest import tiny_config
 
 pytest.importorskip("diffusers")

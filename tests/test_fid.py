@@ -13,10 +13,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from harness import fid
+from harness.measure import fid
 from harness.errors import ConfigError, WeightsError
 from harness.imageset import ImageSet
-from harness.rundir import load_tensors
+from harness.engine.rundir import load_tensors
 
 
 @pytest.fixture(autouse=True)

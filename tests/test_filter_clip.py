@@ -10,9 +10,9 @@ import torch
 from pydantic import ValidationError
 
 from harness.errors import ConfigError, WeightsError
-from harness.hookspecs import FilterContext, Runtime
+from harness.interfaces import FilterContext, Runtime
 from harness.imageset import ImageSet
-from harness.plugins import create_plugin_manager
+from harness.plugin.manager import create_plugin_manager
 
 pytest.importorskip("open_clip")
 

@@ -10,9 +10,9 @@ import torch
 from pydantic import ValidationError
 
 from harness.errors import ConfigError
-from harness.hookspecs import FilterContext, Runtime
+from harness.interfaces import FilterContext, Runtime
 from harness.imageset import ImageSet, to_float
-from harness.plugins import create_plugin_manager
+from harness.plugin.manager import create_plugin_manager
 
 
 class Progress:

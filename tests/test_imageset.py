@@ -44,7 +44,7 @@ def test_float_conversions():
 
 def mapped_parts(tmp_path, sizes=(5, 3, 4)):
     """Image parts written as safetensors shards and mapped back (what the dataset cache does)."""
-    from harness.rundir import map_tensors, save_tensors
+    from harness.engine.rundir import map_tensors, save_tensors
 
     gen = torch.Generator().manual_seed(0)
     parts, mapped = [], []
@@ -94,7 +94,7 @@ def test_lazy_subset_and_concat_copy_no_pixels(tmp_path):
 
 
 def test_map_tensors_refuses_damaged_files(tmp_path):
-    from harness.rundir import map_tensors, save_tensors
+    from harness.engine.rundir import map_tensors, save_tensors
 
     save_tensors(tmp_path / "a.safetensors", {"images": torch.ones(4, 3, 8, 8, dtype=torch.uint8),
                                               "f": torch.zeros(2)})

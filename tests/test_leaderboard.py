@@ -19,7 +19,7 @@ from tests.conftest import tiny_config
 
 
 def _stat(values: list[float | None]) -> dict[str, Any]:
-    from harness.stats import mean_ci
+    from harness.measure.stats import mean_ci
 
     return mean_ci(values)
 
@@ -35,8 +35,8 @@ def synthetic_results(*, acc: float = 0.8, amp: float = 1.0, bias0: float = 0.05
     ``B_t = bias0 · amp^t``, so ``1 − meo = B_t`` and ``A_t = amp`` exactly; accuracy ``a = acc − 0.01 t``
     (+0.01 per seed). ``spec_over`` is merged into :func:`tiny_config` (change it to get another run_id).
     """
-    from harness.amplification import a_bar, amplification_factors
-    from harness.leaderboard import spec_digest
+    from harness.measure.amplification import a_bar, amplification_factors
+    from harness.publish.leaderboard import spec_digest
     from harness.specs import build_spec
 
     over = {"classifiers": list(classifiers), "seeds": list(seeds), **spec_over}
@@ -218,7 +218,7 @@ def test_validate_checks_what_the_schema_cannot(tmp_path):
 
 def test_the_committed_json_schema_is_checked_too(tmp_path, monkeypatch):
     """A document the model accepts but the committed schema does not (a stale schema) fails, naming the field."""
-    import harness.leaderboard as lb
+    import harness.publish.leaderboard as lb
 
     schema = lb.committed_schema()
     schema["$defs"]["DatasetInfo"]["properties"]["num_classes"]["maximum"] = 5
@@ -249,8 +249,8 @@ def v0_to_v1(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_older_schema_versions_are_migrated_explicitly(tmp_path, monkeypatch):
-    import harness.leaderboard as lb
-    from harness.results import load_results
+    import harness.publish.leaderboard as lb
+    from harness.publish.results import load_results
 
     original = synthetic_results(amp=1.2)
     old = write(tmp_path / "old.json", version_0(original))
@@ -277,7 +277,7 @@ def test_older_schema_versions_are_migrated_explicitly(tmp_path, monkeypatch):
 
 
 def test_migrations_chain_one_version_at_a_time(monkeypatch):
-    import harness.leaderboard as lb
+    import harness.publish.leaderboard as lb
 
     def minus1_to_0(doc):
         doc["complete"] = doc.pop("finished")
@@ -334,7 +334,7 @@ def test_submit_stores_refuses_duplicates_and_partial_runs(tiny_run, tmp_path):
 @pytest.fixture
 def board(tmp_path) -> tuple[Path, dict[str, dict[str, Any]]]:
     """Four entries: three on colored-mnist (one with two classifiers), one on another dataset."""
-    from harness.leaderboard import submit
+    from harness.publish.leaderboard import submit
 
     docs = {
         "low": synthetic_results(acc=0.6, amp=0.8, loop={"mix_ratio": 0.1}),
@@ -424,7 +424,7 @@ def test_compare_of_two_generators_on_the_same_setup_is_fair(board):
     entries, docs = board
     a = synthetic_results(acc=0.8)
     b = synthetic_results(acc=0.85, generator={"name": "dcgan", "options": {"width": 32}})
-    from harness.leaderboard import submit
+    from harness.publish.leaderboard import submit
 
     for doc in (a, b):
         submit(write(entries.parent / "in" / "x.json", doc), entries)
@@ -440,7 +440,7 @@ def test_compare_of_two_generators_on_the_same_setup_is_fair(board):
 
 
 def test_render_lists_every_entry_and_works_offline(board, tmp_path, tiny_run):
-    from harness.leaderboard import submit
+    from harness.publish.leaderboard import submit
 
     entries, docs = board
     submit(tiny_run / "results.json", entries)
@@ -469,7 +469,7 @@ def test_render_lists_every_entry_and_works_offline(board, tmp_path, tiny_run):
 
 
 def test_line_chart_handles_gaps_and_single_points():
-    from harness.site import Series, line_chart, nice_ticks
+    from harness.publish.site import Series, line_chart, nice_ticks
 
     assert nice_ticks(0.0, 1.0) == [0.0, 0.25, 0.5, 0.75, 1.0]
     ticks = nice_ticks(0.9885, 0.9905)

@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from harness import loop
-from harness.loop import keep_top_per_class, plan, proportional_labels, queue_generations, unit
-from harness.rundir import load_tensors, read_json
+from harness.engine.plan import plan, queue_generations, unit
+from harness.engine.selection import keep_top_per_class, proportional_labels
+from harness.engine.stages import RunContext
+from harness.imageset import ImageSet
+from harness.engine.rundir import load_tensors, read_json
 from harness.specs import build_spec, resolve_spec
 
 sys.path.insert(0, str(Path(__file__).parent / "example_plugin"))
@@ -88,7 +91,7 @@ def test_unit_seeds_depend_only_on_the_unit():
 
 @pytest.fixture
 def example_plugins():
-    from harness.plugins import create_plugin_manager
+    from harness.plugin.manager import create_plugin_manager
 
     return create_plugin_manager(extra_plugins=(bench_example,))
 
@@ -158,8 +161,8 @@ def test_previous_classifier_labeler(tmp_path, example_plugins):
     relabeled = [g.generator.per_seed[0].relabeled for g in results.generations[1:]]
     assert all(r is not None and r >= 0 for r in relabeled)
     kept = load_tensors(unit("filter", 0, 1).directory(spec.run_dir) / "filtered.safetensors")
-    prev = loop.RunContext(spec, spec.run_dir, example_plugins).classifiers_of(0, 0)[0]
-    samples = loop.ImageSet.load(unit("sample", 0, 1).directory(spec.run_dir) / "samples.safetensors")
+    prev = RunContext(spec, spec.run_dir, example_plugins).classifiers_of(0, 0)[0]
+    samples = ImageSet.load(unit("sample", 0, 1).directory(spec.run_dir) / "samples.safetensors")
     assert torch.equal(kept["labels"], prev.predict(samples.images[kept["index"]]))
 
 
@@ -183,7 +186,7 @@ def test_resume_after_losing_units_gives_identical_results(tmp_path, example_plu
 
 def test_a_run_dir_of_another_spec_is_refused(tmp_path, example_plugins):
     from harness.errors import RunDirError
-    from harness.rundir import write_json
+    from harness.engine.rundir import write_json
 
     spec, _ = run_tiny(tmp_path, example_plugins, loop={"generations": 1, "samples_per_generation": 50})
     write_json(spec.run_dir / "spec.json", {"spec_hash": "0" * 64, "spec": {}})
@@ -195,7 +198,7 @@ def test_a_run_dir_of_another_spec_is_refused(tmp_path, example_plugins):
 def test_fid_and_kid_reach_the_results_with_their_provenance(tmp_path, example_plugins, backbone):
     if backbone == "inception-tf2015":
         from harness.errors import WeightsError
-        from harness.fid import preflight
+        from harness.measure.fid import preflight
 
         try:
             preflight(backbone)
@@ -213,7 +216,7 @@ def test_fid_and_kid_reach_the_results_with_their_provenance(tmp_path, example_p
 
 
 def test_balanced_resample_keeps_every_image_and_levels_the_cells():
-    from harness.loop import balanced_resample
+    from harness.engine.selection import balanced_resample
 
     # class 0: subgroup 0 has 8 images, subgroup 1 has 2; class 1: 3 of subgroup 0, 1 of subgroup 1, 1 unknown
     labels = torch.tensor([0] * 10 + [1] * 5)

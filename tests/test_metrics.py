@@ -1,4 +1,4 @@
-"""harness.metrics: every number against hand arithmetic on tiny arrays, then against fairlearn on random data."""
+"""harness.measure.metrics: every number against hand arithmetic on tiny arrays, then against fairlearn on random data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from harness.metrics import classifier_metrics
+from harness.measure.metrics import classifier_metrics
 
 KEYS = ["acc", "meo", "di", "md", "worst_k", "dp", "eodds", "subgroup_acc", "bias_gap"]
 
@@ -181,7 +181,7 @@ def test_rejects_unknown_scope():
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, harness.metrics, harness.stats, harness.amplification; print('torch' in sys.modules)"
+    code = "import sys, harness.measure.metrics, harness.measure.stats, harness.measure.amplification; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

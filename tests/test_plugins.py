@@ -9,9 +9,10 @@ import pluggy
 import pytest
 
 from harness.errors import UnknownPluginError
-from harness.hookspecs import Generator, hookimpl
-from harness.plugins import create_plugin_manager
-from harness.registry import DuplicatePluginError, Registry
+from harness.hookspecs import hookimpl
+from harness.interfaces import Generator
+from harness.plugin.manager import create_plugin_manager
+from harness.plugin.registry import DuplicatePluginError, Registry
 
 
 def test_builtins_register_through_our_own_entry_points(plugins):

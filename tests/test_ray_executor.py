@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from harness.errors import ConfigError
-from harness.hookspecs import Generator, Options, hookimpl
+from harness.hookspecs import hookimpl
+from harness.interfaces import Generator, Options
 
 
 class FlakyOptions(Options):
@@ -106,7 +107,7 @@ def test_plugin(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plugins(test_plugin):
-    from harness.plugins import create_plugin_manager
+    from harness.plugin.manager import create_plugin_manager
 
     return create_plugin_manager(extra_plugins=(test_plugin,))
 
@@ -115,7 +116,7 @@ def plugins(test_plugin):
 def ray_executor(plugins):
     """One private Ray instance for the module (starting one takes ~10 s here)."""
     pytest.importorskip("ray")
-    from harness.executor import RayExecutor
+    from harness.scale.executor import RayExecutor
 
     executor = RayExecutor(num_cpus=2, max_retries=2, poll_s=0.1)
     executor.start(plugins)  # the test plugin's folder goes on the workers' PYTHONPATH
@@ -124,7 +125,7 @@ def ray_executor(plugins):
 
 
 def sweep_of(tmp_path, plugins, data, out):
-    from harness.sweep import build_sweep, parse_sweep
+    from harness.scale.sweep import build_sweep, parse_sweep
 
     return build_sweep(parse_sweep(data), plugins, out=tmp_path / out)
 
@@ -143,7 +144,7 @@ def test_without_ray_the_ray_executor_is_a_one_line_config_error(monkeypatch, tm
 
     from harness.cli import app
     from harness.errors import ConfigError
-    from harness.executor import create_executor
+    from harness.scale.executor import create_executor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(ConfigError, match=r"the ray executor needs Ray: pip install -e '\.\[ray\]'"):
@@ -160,8 +161,8 @@ def test_without_ray_the_ray_executor_is_a_one_line_config_error(monkeypatch, tm
 def test_unit_resources_follow_the_stage_and_the_device():
     pytest.importorskip("ray")
     from harness.errors import ConfigError
-    from harness.executor import RayExecutor, _worker_device
-    from harness.loop import Unit
+    from harness.scale.executor import RayExecutor, _worker_device
+    from harness.engine.plan import Unit
 
     ex = RayExecutor(gpus_per_unit=0.5, stage_resources={"evaluate": {"num_cpus": 2}})
     assert ex.task_options(Unit("classifier", 1, 0, "lenet"), gpu=True) == {"num_cpus": 1.0, "num_gpus": 0.5}
@@ -182,8 +183,8 @@ def test_unit_resources_follow_the_stage_and_the_device():
 def test_a_sweep_on_ray_gives_the_same_results_files_as_local(tmp_path, plugins, ray_executor):
     import torch
 
-    from harness.executor import LocalExecutor
-    from harness.sweep import run_sweep
+    from harness.scale.executor import LocalExecutor
+    from harness.scale.sweep import run_sweep
 
     data = {"base": base(), "grid": {"loop.mix_ratio": [0.25, 0.5]}}
     on_ray = run_sweep(sweep_of(tmp_path, plugins, data, "ray"), plugins, executor=ray_executor)
@@ -218,8 +219,8 @@ def test_a_unit_that_crashes_or_whose_worker_dies_is_retried(tmp_path, plugins, 
 
 def test_a_user_error_is_not_retried_and_a_stopped_sweep_resumes(tmp_path, plugins, ray_executor):
     from harness.errors import ConfigError
-    from harness.loop import plan
-    from harness.sweep import run_sweep
+    from harness.engine.plan import plan
+    from harness.scale.sweep import run_sweep
 
     log, block = tmp_path / "fits.log", tmp_path / "block"
     block.touch()

@@ -48,7 +48,7 @@ def test_report_writes_the_papers_figures_for_a_real_run(tiny_run, tmp_path):
 
 
 def test_write_report_defaults_to_the_run_folder(tiny_run):
-    from harness.report import write_report
+    from harness.publish.report import write_report
 
     paths = write_report(tiny_run)
     assert [p.name for p in paths] == list(FIGURES)
@@ -69,7 +69,7 @@ def fake_samples(run_dir: Path, generation: int, classes: int = 4, per_class: in
 
 def test_multi_seed_multi_classifier_report_from_a_faked_run_folder(tmp_path):
     """Intervals over 3 seeds and two classifiers; grayscale samples; FID off is said on the figure."""
-    from harness.report import sample_rows, write_report
+    from harness.publish.report import sample_rows, write_report
 
     run_dir = tmp_path / "run"
     write(run_dir / "results.json", synthetic_results(seeds=(0, 1, 2), classifiers=("lenet", "alexnet"),
@@ -88,7 +88,7 @@ def test_multi_seed_multi_classifier_report_from_a_faked_run_folder(tmp_path):
 
 
 def test_report_skips_what_a_partial_run_does_not_have(tmp_path):
-    from harness.report import write_report
+    from harness.publish.report import write_report
 
     run_dir = tmp_path / "run"
     write(run_dir / "results.json", synthetic_results(generations=3, last_generation=0))

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import ConfigError, ReviewPending
-from harness.hookspecs import FilterContext, Runtime
+from harness.interfaces import FilterContext, Runtime
 from harness.imageset import ImageSet
-from harness.plugins import create_plugin_manager
+from harness.plugin.manager import create_plugin_manager
 from tests.conftest import tiny_config
 
 
@@ -236,7 +236,7 @@ def test_manual_review_round_trip(tmp_path):
             expected[int(row["class"])] += 1
     assert result["kept_per_class"] == expected and result["kept"] == 40 - len(rejected)
     assert result["kept_per_class"][first] == 0
-    from harness.rundir import load_tensors
+    from harness.engine.rundir import load_tensors
 
     kept = load_tensors(run_dir / "seed-0" / "gen-001" / "filter" / "filtered.safetensors")["index"].tolist()
     assert kept == sorted(set(range(40)) - set(rejected))

@@ -5,13 +5,13 @@ import json
 import pytest
 
 from harness.errors import BenchError
-from harness.results import SCHEMA_PATH, json_schema, load_results
+from harness.publish.results import SCHEMA_PATH, json_schema, load_results
 
 
 def test_committed_schema_matches_the_model():
     committed = json.loads(SCHEMA_PATH.read_text())
     assert committed == json.loads(json.dumps(json_schema(), sort_keys=True)), (
-        "leaderboard/schema.json is stale: run `python -m harness.results`"
+        "leaderboard/schema.json is stale: run `python -m harness.publish.results`"
     )
 
 

@@ -149,8 +149,8 @@ def browser(tmp_path):
 @pytest.fixture
 def site(tmp_path) -> tuple[Path, dict[str, dict[str, Any]]]:
     """Three entries whose A_bar order (the default) differs from their accuracy order."""
-    from harness.leaderboard import load_entries, submit
-    from harness.site import render_site
+    from harness.publish.leaderboard import load_entries, submit
+    from harness.publish.site import render_site
 
     docs = {
         "steady": synthetic_results(acc=0.6, amp=0.9, loop={"mix_ratio": 0.1}),

@@ -26,7 +26,7 @@ def test_paper_preset_follows_spec_section_2(plugins):
                                                   ("breeds", "resnet50", 0.4), ("hard-imagenet", "resnet50", 0.4)])
 def test_paper_oracle_per_dataset(plugins, dataset, oracle, keep):
     """The oracle is an instrument: LeNet (width 2, dropout) for MNIST, ResNet-50 for natural images."""
-    from harness.sweep import paper_defaults_of
+    from harness.scale.sweep import paper_defaults_of
 
     spec = build_spec("paper", {"dataset": {"name": dataset}}, paper_defaults=paper_defaults_of(plugins))
     assert spec.metrics.oracle.classifier.name == oracle and spec.filter.keep == keep

@@ -1,4 +1,4 @@
-"""harness.stats: the t-interval by hand, missing seeds, and aggregation of metric dicts."""
+"""harness.measure.stats: the t-interval by hand, missing seeds, and aggregation of metric dicts."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from harness.metrics import classifier_metrics
-from harness.stats import aggregate, mean_ci
+from harness.measure.metrics import classifier_metrics
+from harness.measure.stats import aggregate, mean_ci
 
 
 def test_t_interval_by_hand():

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import ConfigError, UnknownPluginError
-from harness.sweep import build_sweep, expand_grid, flatten, load_sweep, nest, parse_sweep
+from harness.scale.sweep import build_sweep, expand_grid, flatten, load_sweep, nest, parse_sweep
 from tests.conftest import tiny_config
 
 sys.path.insert(0, str(Path(__file__).parent / "example_plugin"))
@@ -136,12 +136,12 @@ def test_dry_run_lists_the_runs_and_runs_nothing(tmp_path):
 
 def test_a_local_sweep_runs_every_run_and_resumes(tmp_path, monkeypatch):
     """Two runs one after the other; a third fails (missing data) without stopping them; exit 2; rerun skips."""
-    import harness.plugins
-    from harness.loop import plan
-    from harness.plugins import create_plugin_manager
-    from harness.results import load_results
+    import harness.plugin.manager
+    from harness.engine.plan import plan
+    from harness.plugin.manager import create_plugin_manager
+    from harness.publish.results import load_results
 
-    monkeypatch.setattr(harness.plugins, "default_plugins",
+    monkeypatch.setattr(harness.plugin.manager, "default_plugins",
                         lambda: create_plugin_manager(extra_plugins=(bench_example,)))
     base = tiny_config(generator={"name": "class-mean"}, dataset={"options": {"train_size": 200, "test_size": 100}},
                        loop={"generations": 1, "samples_per_generation": 100})

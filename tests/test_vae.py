@@ -10,9 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from harness.errors import ConfigError
-from harness.hookspecs import Runtime
+from harness.interfaces import Runtime
 from harness.imageset import ImageSet
-from harness.progress import NullReporter
+from harness.engine.progress import NullReporter
 from plugins.generators.vae import ConditionalVAE
 from tests.conftest import tiny_config
 

@@ -20,7 +20,7 @@ def check(
     option: list[str] = typer.Option([], "--option", "-o", help="A dataset option, KEY=VALUE (repeatable)."),
 ) -> None:
     """Check that a dataset's files are present and valid; exit 2 with how to get them otherwise."""
-    from harness.plugins import default_plugins
+    from harness.plugin.manager import default_plugins
     from harness.specs import PluginSpec, parse_set, validate_options
 
     plugins = default_plugins()

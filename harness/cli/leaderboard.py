@@ -52,7 +52,7 @@ def validate(files: list[Path] = typer.Argument(..., help="Results files to chec
     from rich.markup import escape
 
     from harness.errors import BenchError
-    from harness.leaderboard import check_file
+    from harness.publish.leaderboard import check_file
 
     err = _err_console()
     failed = 0
@@ -93,7 +93,7 @@ def submit(
     replace: bool = typer.Option(False, "--replace", help="Overwrite an entry with the same run_id."),
 ) -> None:
     """Validate a results file and store it as DIR/<run_id>.json (the stored path on stdout)."""
-    from harness.leaderboard import submit as submit_entry
+    from harness.publish.leaderboard import submit as submit_entry
 
     entry, target = submit_entry(file, directory, allow_partial=allow_partial, replace=replace)
     if entry.migrated:
@@ -122,7 +122,7 @@ def show(
     """
     from rich.table import Table
 
-    from harness.leaderboard import COLUMNS, entry_rows, load_entries, sort_rows
+    from harness.publish.leaderboard import COLUMNS, entry_rows, load_entries, sort_rows
 
     entries = load_entries(directory)
     if dataset is not None:
@@ -189,7 +189,7 @@ def compare(
     from rich.markup import escape
     from rich.table import Table
 
-    from harness.leaderboard import (
+    from harness.publish.leaderboard import (
         COLUMNS,
         amplification_table,
         classifier_names,
@@ -291,8 +291,8 @@ def render(
                                     help="A folder of run directories, for sample grids (repeatable) [runs]."),
 ) -> None:
     """Write a static site that works offline: index.html (sortable, filterable) and a page per entry."""
-    from harness.leaderboard import load_entries
-    from harness.site import render_site
+    from harness.publish.leaderboard import load_entries
+    from harness.publish.site import render_site
 
     entries = load_entries(directory)
     if not runs and Path("runs").is_dir():

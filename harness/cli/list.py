@@ -19,7 +19,7 @@ def list_plugins(kind: str = typer.Argument(..., help="datasets | generators | c
         close = difflib.get_close_matches(kind, KINDS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise fail(f"unknown kind {kind!r}.{hint} Choose from: {', '.join(KINDS)}.")
-    from harness.plugins import default_plugins
+    from harness.plugin.manager import default_plugins
 
     for entry in default_plugins().registry(kind).entries():
         name = entry.name + "<name>" if entry.name.endswith(":") else entry.name

@@ -12,7 +12,7 @@ def plugins() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.plugins import default_plugins
+    from harness.plugin.manager import default_plugins
 
     loaded = default_plugins()
     table = Table(title="bench plugins")

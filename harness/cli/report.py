@@ -19,7 +19,7 @@ def report(
 
     One PNG path per line on stdout.
     """
-    from harness.report import write_report
+    from harness.publish.report import write_report
 
     for path in write_report(run_dir, out):
         typer.echo(str(path))

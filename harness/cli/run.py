@@ -84,7 +84,7 @@ def run(
 
     from rich.console import Console
 
-    from harness.plugins import default_plugins
+    from harness.plugin.manager import default_plugins
     from harness.specs import build_spec, load_config_file, resolve_spec
 
     flags = dict(dataset=dataset, generator=generator, classifier=classifier, filter=filter, keep=keep,
@@ -101,7 +101,7 @@ def run(
     spec = resolve_spec(spec, plugins)
     console = Console(stderr=True)
     if dry_run:
-        from harness.loop import plan
+        from harness.engine.plan import plan
 
         typer.echo(json.dumps({"run_dir": str(spec.run_dir), "spec_hash": spec.spec_hash(),
                                "spec": spec.model_dump(mode="json"),
@@ -109,8 +109,8 @@ def run(
         return
 
     from harness import loop
-    from harness.executor import create_executor
-    from harness.progress import NullReporter, RichReporter
+    from harness.scale.executor import create_executor
+    from harness.engine.progress import NullReporter, RichReporter
 
     runner = create_executor(executor, ray_address=ray_address)
 
@@ -128,11 +128,11 @@ def run(
             close()
     typer.echo(str(spec.run_dir / "results.json"))
     if not quiet:
-        from harness.summary import print_summary
+        from harness.publish.summary import print_summary
 
         print_summary(results, console)
     from harness.errors import BenchError
-    from harness.report import write_report
+    from harness.publish.report import write_report
 
     try:
         figures = write_report(spec.run_dir)

@@ -30,8 +30,8 @@ def sweep(
     from rich.markup import escape
 
     from harness.errors import BenchError
-    from harness.plugins import default_plugins
-    from harness.sweep import SweepReporter, build_sweep, dry_run as list_runs, load_sweep, run_sweep, summary_table
+    from harness.plugin.manager import default_plugins
+    from harness.scale.sweep import SweepReporter, build_sweep, dry_run as list_runs, load_sweep, run_sweep, summary_table
 
     plugins = default_plugins()
     cfg = load_sweep(config)
@@ -40,7 +40,7 @@ def sweep(
         typer.echo(json.dumps(list_runs(runs), indent=2))
         return
 
-    from harness.executor import create_executor
+    from harness.scale.executor import create_executor
 
     options = {"ray_address": ray_address, **cfg.ray} if executor == "ray" else {}
     runner = create_executor(executor, **options)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from harness.hookspecs import Classifier, Options
+from harness.interfaces import Classifier, Options
 from plugins.classifiers._weights import WeightsSource, check_weights_option, fit_channels
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from harness.errors import ConfigError
-from harness.hookspecs import Classifier, Options
+from harness.interfaces import Classifier, Options
 
 
 class LeNetOptions(Options):

@@ -275,7 +275,7 @@ def _read_cache(directory: Path, key: str, n: int, size: int, with_masks: bool, 
     import torch
 
     from harness.imageset import LazyImages
-    from harness.rundir import map_tensors
+    from harness.engine.rundir import map_tensors
 
     index_path = directory / "index.json"
     if not index_path.is_file():

@@ -47,8 +47,8 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from harness.errors import ConfigError, DataError
-from harness.hookspecs import Dataset, DatasetBundle
-from harness.hookspecs import Options as BaseOptions
+from harness.interfaces import Dataset, DatasetBundle
+from harness.interfaces import Options as BaseOptions
 from plugins.datasets import _mnist_io
 
 if TYPE_CHECKING:  # pragma: no cover

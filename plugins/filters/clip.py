@@ -42,7 +42,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from harness.errors import ConfigError, WeightsError
-from harness.hookspecs import Filter, FilterContext, Options
+from harness.interfaces import Filter, FilterContext, Options
 from harness.imageset import ImageSet
 
 if TYPE_CHECKING:  # pragma: no cover

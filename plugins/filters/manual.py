@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from harness.errors import ConfigError, ReviewPending
-from harness.hookspecs import Filter, FilterContext, Options
-from harness.rundir import write_bytes
+from harness.interfaces import Filter, FilterContext, Options
+from harness.engine.rundir import write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

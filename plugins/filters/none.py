@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.hookspecs import Filter, FilterContext
+from harness.interfaces import Filter, FilterContext
 from harness.imageset import ImageSet
 
 

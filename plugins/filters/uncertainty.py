@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 
 from harness.errors import ConfigError
-from harness.hookspecs import ClassifierHandle, Filter, FilterContext, Options
+from harness.interfaces import ClassifierHandle, Filter, FilterContext, Options
 from harness.imageset import ImageSet
 
 

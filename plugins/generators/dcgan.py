@@ -37,7 +37,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from harness.hookspecs import Generator, Options, Runtime
+from harness.interfaces import Generator, Options, Runtime
 from harness.imageset import ImageSet, from_unit_float
 
 _SAMPLE_BATCH = 512

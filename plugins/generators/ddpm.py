@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 from torch.nn import functional as F
 
 from harness.errors import ConfigError
-from harness.hookspecs import Generator, Options
+from harness.interfaces import Generator, Options
 from harness.imageset import ImageSet, from_unit_float
 
 

@@ -43,7 +43,7 @@ from pydantic import Field, field_validator
 from torch.nn import functional as F
 
 from harness.errors import ConfigError, WeightsError
-from harness.hookspecs import Generator, Options
+from harness.interfaces import Generator, Options
 from harness.imageset import from_unit_float
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.errors import ConfigError
-from harness.hookspecs import Generator, Options
+from harness.interfaces import Generator, Options
 from harness.imageset import ImageSet
 
 _SAMPLE_BATCH = 512

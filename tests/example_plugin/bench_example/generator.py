@@ -2,7 +2,7 @@
 
 import torch
 
-from harness.hookspecs import Generator, Options
+from harness.interfaces import Generator, Options
 
 
 class ClassMeanOptions(Options):

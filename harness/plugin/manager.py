@@ -10,8 +10,9 @@ from typing import Any
 import pluggy
 
 from harness import hookspecs
-from harness.hookspecs import BASES, KINDS, PROJECT
-from harness.registry import Registry
+from harness.hookspecs import PROJECT
+from harness.interfaces import BASES, KINDS
+from harness.plugin.registry import Registry
 
 ENTRY_POINT_GROUP = PROJECT
 

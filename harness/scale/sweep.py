@@ -34,7 +34,7 @@ from harness.specs import RunSpec, build_spec, deep_merge, load_config_file, res
 
 SWEEP_KEYS = ("base", "grid", "runs", "ray")
 
-#: Options of the ``[ray]`` table, passed to :class:`harness.executor.RayExecutor`.
+#: Options of the ``[ray]`` table, passed to :class:`harness.scale.executor.RayExecutor`.
 RAY_OPTIONS = (
     "num_cpus", "num_gpus", "cpus_per_unit", "gpus_per_unit", "stage_resources", "max_retries", "torch_threads",
     "runtime_env",
@@ -197,7 +197,7 @@ def build_sweep(config: SweepConfig, plugins: Any, *, out: Path | str | None = N
 
 def dry_run(runs: Sequence[SweepRun]) -> dict[str, Any]:
     """What ``bench sweep --dry-run`` prints: each run's id, directory, overrides and work units (none run)."""
-    from harness.loop import plan
+    from harness.engine.plan import plan
 
     listed = []
     for r in runs:
@@ -241,7 +241,7 @@ def run_sweep(
     finished units stay, and the same command resumes). With an executor that has ``concurrent = True``
     (``ray``) all runs start together, one driver thread each, and their units share the executor.
     """
-    from harness.executor import LocalExecutor
+    from harness.scale.executor import LocalExecutor
 
     executor = executor or LocalExecutor()
     reporter = reporter or NullSweepReporter()
@@ -287,7 +287,7 @@ def run_sweep(
 
 
 def _partial_results(run: SweepRun) -> Any:
-    from harness.results import load_results
+    from harness.publish.results import load_results
 
     try:
         return load_results(run.results_path) if run.results_path.exists() else None
@@ -303,7 +303,7 @@ class NullSweepReporter:
 
     @contextlib.contextmanager
     def run(self, run: SweepRun) -> Iterator[Any]:
-        from harness.progress import NullReporter
+        from harness.engine.progress import NullReporter
 
         yield NullReporter()
 

@@ -287,7 +287,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     Reads ``RUN_DIR/results.json`` (complete or partial) and, for the sample grid, the stored samples of seed 0.
     A figure whose data does not exist yet (no generation finished, no amplification, no samples) is skipped.
     """
-    from harness.results import load_results
+    from harness.publish.results import load_results
 
     run_dir = Path(run_dir)
     path = run_dir / "results.json"

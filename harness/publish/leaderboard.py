@@ -1,6 +1,6 @@
 """The leaderboard: validate, migrate, store, rank and compare results files (SPEC §6).
 
-An *entry* is a results file checked three ways — the pydantic :class:`~harness.results.Results` model, the
+An *entry* is a results file checked three ways — the pydantic :class:`~harness.publish.results.Results` model, the
 committed JSON Schema (``leaderboard/schema.json``) and the cross-field consistency a results file must have
 (the spec hash, the generations, the classifiers) — and stored as ``<entries>/<run_id>.json``.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import BenchError
-from harness.results import SCHEMA_PATH, SCHEMA_VERSION, Results
+from harness.publish.results import SCHEMA_PATH, SCHEMA_VERSION, Results
 
 #: ``MIGRATIONS[N]`` turns a version-N document (a plain dict) into a version-(N+1) one. Register a function here
 #: whenever ``SCHEMA_VERSION`` is bumped; :func:`migrate` chains them and sets ``schema_version`` after each step.
@@ -124,7 +124,7 @@ def committed_schema() -> dict[str, Any]:
     """The committed ``leaderboard/schema.json``, or the model's own schema where the file is not installed."""
     if SCHEMA_PATH.exists():
         return json.loads(SCHEMA_PATH.read_text())
-    from harness.results import json_schema
+    from harness.publish.results import json_schema
 
     return json_schema()
 
@@ -244,7 +244,7 @@ def resolve_entry(ref: str, directory: Path = DEFAULT_DIR) -> Entry:
 def submit(path: Path, directory: Path = DEFAULT_DIR, *, allow_partial: bool = False,
            replace: bool = False) -> tuple[Entry, Path]:
     """Validate ``path`` and store it (in the current schema version) as ``<directory>/<run_id>.json``."""
-    from harness.rundir import write_json
+    from harness.engine.rundir import write_json
 
     entry = load_entry(path)
     r = entry.results

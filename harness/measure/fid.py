@@ -478,7 +478,7 @@ def cache_dir(ctx: Any) -> Path:
 
 def real_features(ctx: Any, extractor: Extractor, real: ImageSet) -> torch.Tensor:
     """Features of the (subsampled) real test set, from the cache when an identical computation was done."""
-    from harness.rundir import load_tensors, save_tensors
+    from harness.engine.rundir import load_tensors, save_tensors
 
     key = {
         "images_sha256": real.sha256(),

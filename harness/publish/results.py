@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from harness.errors import BenchError
 
 SCHEMA_VERSION = 1
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "leaderboard" / "schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "leaderboard" / "schema.json"
 
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNeg = Annotated[float, Field(ge=0.0)]
@@ -257,7 +257,7 @@ def load_results(path: Path) -> Results:
 
 
 def write_results(run_dir: Path, results: Results) -> Path:
-    from harness.rundir import write_json
+    from harness.engine.rundir import write_json
 
     path = run_dir / "results.json"
     write_json(path, results.model_dump(mode="json"))
@@ -323,10 +323,10 @@ def collect_results(ctx: Any, *, elapsed: float) -> Results:
     """Build :class:`Results` from whatever units have finished (``status = "partial"`` if not all)."""
     import numpy as np
 
-    from harness.amplification import a_bar, amplification_factors, bias_value, fit_amplification
-    from harness.loop import RESULT, plan, unit
-    from harness.rundir import read_json
-    from harness.stats import aggregate, mean_ci
+    from harness.measure.amplification import a_bar, amplification_factors, bias_value, fit_amplification
+    from harness.engine.plan import RESULT, plan, unit
+    from harness.engine.rundir import read_json
+    from harness.measure.stats import aggregate, mean_ci
 
     spec, run_dir, data = ctx.spec, ctx.run_dir, ctx.data
     units = plan(spec)
@@ -481,7 +481,7 @@ def _fid_provenance(ctx: Any, units: list, result_of: Any) -> dict[str, Any] | N
 
 
 def write_schema(path: Path = SCHEMA_PATH) -> Path:
-    """Write the committed JSON Schema (``python -m harness.results`` regenerates it)."""
+    """Write the committed JSON Schema (``python -m harness.publish.results`` regenerates it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
     return path

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.loop import STAGES, RunContext, Unit, execute
+from harness.engine.plan import STAGES, Unit
+from harness.engine.stages import RunContext, execute
 
 
 class Executor(Protocol):
@@ -115,7 +116,7 @@ class PluginRecipe:
         import importlib
         import pickle
 
-        from harness.plugins import create_plugin_manager, default_plugins
+        from harness.plugin.manager import create_plugin_manager, default_plugins
 
         extra = [importlib.import_module(m) for m in self.modules]
         if self.objects:
@@ -233,7 +234,7 @@ class RayExecutor:
     to that cluster. If Ray is already initialised in this process it is used as it is.
 
     Each task rebuilds the run's context in its worker from the resolved spec (cached per worker process) and
-    runs :func:`harness.loop.execute`; units exchange data only through the run directory, which every worker
+    runs :func:`harness.engine.stages.execute`; units exchange data only through the run directory, which every worker
     and the driver must see at the same path. ``on_done`` is called in the driver as units finish (a unit always
     after its dependencies). Resources per unit: ``cpus_per_unit`` CPUs, and ``gpus_per_unit`` GPUs for the
     stages in :data:`GPU_STAGES` when the run uses CUDA (``device`` cuda, or auto on a cluster with GPUs);

@@ -36,7 +36,7 @@ def classifier_metrics(
     :param y: true class per sample, ints in ``[0, num_classes)``.
     :param g: subgroup per sample, ints in ``[0, num_subgroups)``; ``-1`` = unknown: such samples count in
         ``acc`` and nowhere else. Under ``scope="per_class"`` ``g`` is the index of the subgroup *within its
-        class* (subgroup ``i`` of class ``c``), as in :class:`harness.hookspecs.DatasetBundle`.
+        class* (subgroup ``i`` of class ``c``), as in :class:`harness.interfaces.DatasetBundle`.
     :param num_classes: ``L``.
     :param num_subgroups: ``G`` (global scope: number of groups; per-class scope: subgroups per class).
     :param scope: ``"global"`` or ``"per_class"`` (SPEC §1).

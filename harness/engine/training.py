@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.hookspecs import Classifier, Runtime
 from harness.imageset import ImageSet
+from harness.interfaces import Classifier, Runtime
 from harness.specs import TrainingSpec
 
 

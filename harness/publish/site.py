@@ -20,14 +20,14 @@ from string import Template
 from typing import Any
 from urllib.parse import quote
 
-from harness.leaderboard import COLUMNS, Entry, classifier_names, entry_rows, sort_rows
+from harness.publish.leaderboard import COLUMNS, Entry, classifier_names, entry_rows, sort_rows
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
 
 
 def _asset(name: str) -> str:
-    return resources.files("harness").joinpath("site_assets", name).read_text(encoding="utf-8")
+    return resources.files("harness.publish").joinpath("site_assets", name).read_text(encoding="utf-8")
 
 
 def _e(x: Any) -> str:
@@ -170,7 +170,7 @@ def _stat_series(label: str, xs: list[int], stats: list[Any]) -> Series:
 
 def _page(title: str, body: str, *, count: int, script: str = "") -> str:
     from harness import __version__
-    from harness.results import SCHEMA_VERSION
+    from harness.publish.results import SCHEMA_VERSION
 
     return Template(_asset("page.html")).substitute(
         title=_e(title), css=_asset("site.css"), body=body, script=script, version=_e(__version__),
@@ -286,7 +286,7 @@ def _numbers_table(r: Any) -> str:
 
 def entry_html(entry: Entry, samples: list[tuple[int, str, int]]) -> str:
     """The page of one entry. ``samples``: ``(generation, image path relative to the page, display width)``."""
-    from harness.report import CLASSIFIER_METRICS, selected_generations
+    from harness.publish.report import CLASSIFIER_METRICS, selected_generations
 
     r = entry.results
     names = classifier_names(r)
@@ -391,7 +391,7 @@ def find_run_dir(run_id: str, runs: Sequence[Path]) -> Path | None:
 def _write_samples(entry: Entry, run_dir: Path, folder: Path) -> list[tuple[int, str, int]]:
     from PIL import Image
 
-    from harness.report import sample_rows
+    from harness.publish.report import sample_rows
 
     rows = sample_rows(run_dir, seed=entry.results.spec["seeds"][0])
     out = []
@@ -405,7 +405,7 @@ def _write_samples(entry: Entry, run_dir: Path, folder: Path) -> list[tuple[int,
 
 def render_site(entries: Sequence[Entry], out_dir: Path, runs: Sequence[Path] = ()) -> Path:
     """Write ``index.html`` and ``entries/<run_id>.html`` (+ JSON, sample images) under ``out_dir``."""
-    from harness.rundir import write_bytes
+    from harness.engine.rundir import write_bytes
 
     out_dir = Path(out_dir)
     pages = out_dir / "entries"

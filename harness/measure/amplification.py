@@ -66,8 +66,8 @@ def bias_value(metrics: Mapping[str, Any], measure: Measure) -> float | None:
     """The bias ``B`` of one classifier at one generation, from its metrics.
 
     ``"1-meo"`` (the default of SPEC §5): ``1 - meo``; ``"md"``: ``md``; ``"gap"``: ``bias_gap`` (worst-vs-best
-    subgroup accuracy). ``metrics`` is a per-seed dict from :func:`harness.metrics.classifier_metrics`, or an
-    aggregated one from :func:`harness.stats.aggregate` (then its ``mean`` is used: the seed-averaged bias).
+    subgroup accuracy). ``metrics`` is a per-seed dict from :func:`harness.measure.metrics.classifier_metrics`, or an
+    aggregated one from :func:`harness.measure.stats.aggregate` (then its ``mean`` is used: the seed-averaged bias).
     """
     key = {"1-meo": "meo", "md": "md", "gap": "bias_gap"}.get(measure)
     if key is None:

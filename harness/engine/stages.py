@@ -1,0 +1,447 @@
+"""The stages of the loop: the context a work unit reads, and one function per stage.
+
+Every unit reads its inputs from the run directory and writes its outputs there, ``result.json`` last and every
+file atomically, so a finished unit is never run again and a killed one leaves nothing behind. Each unit seeds
+python, numpy and torch from ``(seed, stage, generation, name)`` alone, so its outputs do not depend on which
+units ran before it in the same process: a resumed run, or one whose units ran in other processes or on other
+machines (an executor's choice), ends with the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.engine.plan import RESULT, Unit, queue_generations, unit
+from harness.engine.progress import NullReporter
+from harness.engine.rundir import load_tensors, read_json, save_tensors, write_json
+from harness.engine.selection import (
+    balanced_resample,
+    keep_top_per_class,
+    proportional_labels,
+)
+from harness.engine.training import (
+    TrainedClassifier,
+    build_classifier,
+    resolve_device,
+    resolve_precision,
+    split_holdout,
+    train_classifier,
+)
+from harness.imageset import ImageSet
+from harness.interfaces import (
+    Dataset,
+    DatasetBundle,
+    Filter,
+    FilterContext,
+    Generator,
+    Runtime,
+)
+from harness.measure import fid as fid_module
+from harness.measure.metrics import classifier_metrics
+from harness.specs import RunSpec, validate_options
+
+# --------------------------------------------------------------------------------------------------- context
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class RunContext:
+    """Everything a unit needs, built lazily and cached per process: the resolved spec, plugins, the dataset."""
+
+    def __init__(self, spec: RunSpec, run_dir: Path, plugins: Any, reporter: Any = None):
+        self.spec = spec
+        self.run_dir = run_dir
+        self.plugins = plugins
+        self.reporter = reporter or NullReporter()
+        self.device = resolve_device(spec.device)
+        self.precision = resolve_precision(spec.precision, self.device)
+        self._trainsets: dict[tuple[int, int], ImageSet] = {}
+
+    # ---------------------------------------------------------------- plugins
+
+    def _instance(self, kind: str, plugin_spec: Any, **kwargs: Any) -> Any:
+        cls, variant = self.plugins.registry(kind).get(plugin_spec.name)
+        options = cls.Options.model_validate(validate_options(kind, plugin_spec, cls))
+        if kind == "classifiers":
+            kwargs["variant"] = variant
+        return cls(options, **kwargs)
+
+    @cached_property
+    def dataset_plugin(self) -> Dataset:
+        cache = (self.spec.data_root or self.run_dir.parent) / ".cache"
+        return self._instance("datasets", self.spec.dataset, data_root=self.spec.data_root, cache_dir=cache)
+
+    @cached_property
+    def data(self) -> DatasetBundle:
+        return self.dataset_plugin.load()
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.data.train.shape
+
+    def runtime(self, u: Unit, out: Path) -> Runtime:
+        return Runtime(self.device, self.precision, u.unit_seed, self.reporter, out / "work")  # type: ignore[arg-type]
+
+    def new_generator(self, runtime: Runtime) -> Generator:
+        c, h, _ = self.image_shape
+        return self._instance(
+            "generators", self.spec.generator, num_classes=self.data.num_classes, channels=c, image_size=h,
+            class_names=self.data.class_names, runtime=runtime,
+        )
+
+    def new_filter(self) -> Filter:
+        return self._instance("filters", self.spec.filter)
+
+    def new_classifier(self, name: str, *, oracle: bool = False) -> TrainedClassifier:
+        if oracle:
+            pspec = self.spec.metrics.oracle.classifier
+            num_classes = self.oracle_outputs
+        else:
+            pspec = next(c for c in self.spec.classifiers if c.name == name)
+            num_classes = self.data.num_classes
+        plugin = self._instance("classifiers", pspec)
+        c, h, _ = self.image_shape
+        return build_classifier(
+            name, plugin, num_classes=num_classes, channels=c, image_size=h, device=self.device,
+            precision=self.precision, batch_size=self.spec.training.eval_batch_size,
+        )
+
+    # ---------------------------------------------------------------- the oracle
+
+    @cached_property
+    def subgroups_observable(self) -> bool:
+        """Whether the dataset measures subgroups from pixels (``Dataset.measure_subgroups``), e.g. colour."""
+        probe = self.data.test.subset(torch.arange(min(2, len(self.data.test))))
+        return self.dataset_plugin.measure_subgroups(probe.images, probe.labels) is not None
+
+    @property
+    def oracle_joint(self) -> bool:
+        """The oracle predicts (class, subgroup) jointly when it has to estimate subgroups for ``u_t`` (they are
+        not observable from pixels) and every training image has a known subgroup."""
+        return (
+            not self.subgroups_observable
+            and bool((self.data.train.subgroups >= 0).all())
+            and self.data.num_subgroups > 1
+        )
+
+    @property
+    def oracle_outputs(self) -> int:
+        return self.data.num_classes * (self.data.num_subgroups if self.oracle_joint else 1)
+
+    @cached_property
+    def oracle(self) -> TrainedClassifier:
+        clf = self.new_classifier("oracle", oracle=True)
+        clf.model.load_state_dict(load_tensors(unit("oracle", None, 0).directory(self.run_dir) / "model.safetensors"))
+        clf.model.eval()
+        return clf
+
+    def oracle_predict(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        """``(class prediction, subgroup prediction given labels or None)`` from the oracle."""
+        logits = self.oracle.logits(images)
+        L = self.data.num_classes
+        if not self.oracle_joint:
+            return logits.argmax(1), None
+        probs = logits.softmax(1).view(-1, L, self.data.num_subgroups)
+        cls = probs.sum(2).argmax(1)
+        given = cls if labels is None else labels
+        sub = probs[torch.arange(len(given)), given].argmax(1)
+        return cls, sub
+
+    # ---------------------------------------------------------------- data of the loop
+
+    def load_unit(self, key_unit: Unit, filename: str) -> dict[str, torch.Tensor]:
+        return load_tensors(key_unit.directory(self.run_dir) / filename)
+
+    def filtered(self, seed: int, t: int) -> ImageSet:
+        """F_t: the kept candidates of generation t, with their (possibly relabelled) labels."""
+        samples = ImageSet.load(unit("sample", seed, t).directory(self.run_dir) / "samples.safetensors")
+        kept = self.load_unit(unit("filter", seed, t), "filtered.safetensors")
+        return samples.subset(kept["index"]).with_labels(kept["labels"])
+
+    def trainset(self, seed: int, t: int) -> ImageSet:
+        """D_t (SPEC §2): D_real plus the synthetic images the mix unit of generation t chose."""
+        key = (seed, t)
+        if key in self._trainsets:
+            return self._trainsets[key]
+        if t == 0:
+            data = self.data.train
+        else:
+            mix = self.load_unit(unit("mix", seed, t), "mix.safetensors")
+            parts = [] if self.spec.loop.regime == "replace" else [self.data.train]
+            for g in torch.unique(mix["generation"]).tolist():
+                sel = mix["generation"] == g
+                parts.append(self.filtered(seed, g).subset(mix["position"][sel]))
+            data = ImageSet.concat(parts)
+        self._trainsets = {k: v for k, v in self._trainsets.items() if k[0] == seed and k[1] >= t - 1}
+        self._trainsets[key] = data
+        return data
+
+    def classifiers_of(self, seed: int, t: int) -> list[TrainedClassifier]:
+        out = []
+        for name in self.spec.classifier_names:
+            clf = self.new_classifier(name)
+            path = unit("classifier", seed, t, name).directory(self.run_dir) / "model.safetensors"
+            clf.model.load_state_dict(load_tensors(path))
+            clf.model.eval()
+            out.append(clf)
+        return out
+
+
+def fit_oracle(clf: TrainedClassifier, train: ImageSet, spec: RunSpec, runtime: Runtime, *, joint: bool = False,
+               num_subgroups: int = 1) -> Mapping[str, Any]:
+    """Train the oracle ``clf`` on D_real ``train`` (SPEC §4; docs/metrics.md): hold out real images first, then
+    balance both parts with :func:`balanced_resample`, so duplicates never straddle training and validation.
+    ``joint``: targets are ``class · G + subgroup``. Returns the training statistics."""
+    gen = torch.Generator().manual_seed(runtime.seed)
+    train_idx, val_idx = split_holdout(len(train), spec.training.val_fraction, gen)
+    parts = []
+    for idx in (train_idx, val_idx):
+        part = train.subset(idx)
+        part = part.subset(balanced_resample(part.labels, part.subgroups, gen))
+        parts.append(part.with_labels(part.labels * num_subgroups + part.subgroups) if joint else part)
+    return train_classifier(clf, parts[0], spec.training, runtime, max_epochs=spec.metrics.oracle.max_epochs,
+                            patience=spec.metrics.oracle.patience, val=parts[1])
+
+
+def _oracle(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+    data = ctx.data
+    clf = ctx.new_classifier("oracle", oracle=True)
+    stats = fit_oracle(clf, data.train, ctx.spec, ctx.runtime(u, out), joint=ctx.oracle_joint,
+                       num_subgroups=data.num_subgroups)
+    save_tensors(out / "model.safetensors", clf.model.state_dict())
+    ctx.__dict__["oracle"] = clf
+    cls, sub = ctx.oracle_predict(data.test.images, data.test.labels)
+    known = data.test.subgroups >= 0
+    sub_acc = None
+    if sub is not None and bool(known.any()):
+        sub_acc = (sub[known] == data.test.subgroups[known]).float().mean().item()
+    return {
+        "classifier": ctx.spec.metrics.oracle.classifier.name,
+        "joint": ctx.oracle_joint,
+        "training": "D_real with every subgroup cell oversampled to its class's largest (all images kept)",
+        "test_acc": (cls == data.test.labels).float().mean().item(),
+        "subgroup_test_acc": sub_acc,
+        "train": stats,
+        "_images": stats["images_seen"],
+    }
+
+
+def _classifier(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+    assert u.seed is not None and u.name is not None
+    data = ctx.data
+    train = ctx.trainset(u.seed, u.generation)
+    clf = ctx.new_classifier(u.name)
+    stats = train_classifier(clf, train, ctx.spec.training, ctx.runtime(u, out))
+    preds = {"test": clf.predict(data.test.images)}
+    for vname, variant in data.variants.items():
+        preds[f"variant/{vname}"] = clf.predict(variant.images)
+    metrics = classifier_metrics(
+        preds["test"].numpy(), data.test.labels.numpy(), data.test.subgroups.numpy(),
+        num_classes=data.num_classes, num_subgroups=data.num_subgroups, scope=data.subgroup_scope,
+    )
+    variants = {}
+    for vname, variant in data.variants.items():
+        acc = (preds[f"variant/{vname}"] == variant.labels).float().mean().item()
+        variants[vname] = {"acc": acc, "drop": metrics["acc"] - acc}
+    save_tensors(out / "model.safetensors", clf.model.state_dict())
+    save_tensors(out / "predictions.safetensors", preds)
+    synthetic = int((train.origin > 0).sum())
+    return {
+        "metrics": metrics,
+        "variants": variants,
+        "train": stats,
+        "train_size": {"real": len(train) - synthetic, "synthetic": synthetic},
+        "model": dict(clf.plugin.describe()),
+        "_images": stats["images_seen"],
+    }
+
+
+def _generator(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+    assert u.seed is not None
+    train = ctx.trainset(u.seed, u.generation - 1)
+    gen = ctx.new_generator(ctx.runtime(u, out))
+    stats = dict(gen.fit(train))
+    save_tensors(out / "model.safetensors", gen.state_dict())
+    return {"train": stats, "train_size": len(train), "_images": int(stats.get("images_seen", 0))}
+
+
+def _sample(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+    assert u.seed is not None
+    runtime = ctx.runtime(u, out)
+    gen = ctx.new_generator(runtime)
+    gen.load_state_dict(ctx.load_unit(unit("generator", u.seed, u.generation), "model.safetensors"))
+    real = ctx.data.train
+    total = ctx.spec.loop.samples_per_generation or len(real)
+    labels = proportional_labels(real.class_counts(ctx.data.num_classes), total, torch.Generator().manual_seed(runtime.seed))
+    images = gen.sample(labels)
+    expected = (total, *real.shape)
+    if images.dtype != torch.uint8 or tuple(images.shape) != expected:
+        raise RuntimeError(
+            f"generator {ctx.spec.generator.name!r} returned {images.dtype} {tuple(images.shape)}; "
+            f"the contract is uint8 {expected}"
+        )
+    ImageSet.create(images, labels, origin=u.generation).save(out / "samples.safetensors")
+    return {"count": total, "_images": total}
+
+
+def _filter(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+    assert u.seed is not None
+    t, L = u.generation, ctx.data.num_classes
+    candidates = ImageSet.load(unit("sample", u.seed, t).directory(ctx.run_dir) / "samples.safetensors")
+    plugin = ctx.new_filter()
+    spec = ctx.spec
+    relabel = spec.loop.labeler == "previous_classifier"
+    previous = ctx.classifiers_of(u.seed, t - 1) if (plugin.needs_classifiers or relabel) else []
+    runtime = ctx.runtime(u, out)
+    review_dir = ctx.run_dir / "review" / f"seed-{u.seed}" / f"gen-{t:03d}"
+    context = FilterContext(t, tuple(previous), ctx.data.class_names, runtime, review_dir, u.seed, ctx.run_dir)
+    scores = torch.as_tensor(plugin.score(candidates, context), dtype=torch.float32).flatten()
+    if scores.numel() != len(candidates) or not bool(torch.isfinite(scores).all()):
+        raise RuntimeError(f"filter {spec.filter.name!r} must return one finite score per candidate")
+    mask = plugin.select(scores, candidates.labels, spec.filter.keep)
+    if mask is None:
+        mask = keep_top_per_class(scores, candidates.labels, spec.filter.keep, L)
+    index = torch.nonzero(mask).flatten()
+    labels = candidates.labels[index]
+    changed = None
+    if relabel:
+        labeler = spec.loop.labeler_classifier or spec.classifier_names[0]
+        handle = next(c for c in previous if c.name == labeler)
+        new = handle.predict(candidates.images[index])
+        changed = int((new != labels).sum())
+        labels = new
+    save_tensors(out / "filtered.safetensors", {"index": index, "labels": labels, "scores": scores})
+    per_class = torch.bincount(candidates.labels, minlength=L)
+    kept = torch.bincount(candidates.labels[index], minlength=L)
+    return {
+        "kept_per_class": kept.tolist(),
+        "dropped_per_class": (per_class - kept).tolist(),
+        "kept": int(index.numel()),
+        "relabeled": changed,
+        "filter": dict(plugin.describe()),
+        "_images": len(candidates),
+    }
+
+
+def _mix(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+    assert u.seed is not None
+    spec, t = ctx.spec, u.generation
+    queue = queue_generations(spec, t)
+    sizes = [int(ctx.load_unit(unit("filter", u.seed, g), "filtered.safetensors")["index"].numel()) for g in queue]
+    gens = torch.repeat_interleave(torch.tensor(queue, dtype=torch.int64), torch.tensor(sizes, dtype=torch.int64))
+    pos = torch.cat([torch.arange(n, dtype=torch.int64) for n in sizes])
+    n_real = len(ctx.data.train)
+    want = int(math.floor(spec.loop.mix_ratio * n_real + 0.5))
+    if want < gens.numel():
+        chosen = torch.sort(torch.randperm(gens.numel(), generator=torch.Generator().manual_seed(u.unit_seed))[:want]).values
+        gens, pos = gens[chosen], pos[chosen]
+    save_tensors(out / "mix.safetensors", {"generation": gens, "position": pos})
+    return {
+        "queue": queue,
+        "pool": int(sum(sizes)),
+        "real": 0 if spec.loop.regime == "replace" else n_real,
+        "synthetic": int(gens.numel()),
+        "synthetic_per_generation": {str(g): int((gens == g).sum()) for g in queue},
+    }
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
+    return 0.5 * float((p - q).abs().sum())
+
+
+def _evaluate(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+    assert u.seed is not None
+    data, t = ctx.data, u.generation
+    L, G = data.num_classes, data.num_subgroups
+    samples = ImageSet.load(unit("sample", u.seed, t).directory(ctx.run_dir) / "samples.safetensors")
+    kept = ctx.load_unit(unit("filter", u.seed, t), "filtered.safetensors")
+    predicted, sub = ctx.oracle_predict(samples.images, samples.labels)
+    q = (predicted == samples.labels).float().mean().item()
+
+    measured = ctx.dataset_plugin.measure_subgroups(samples.images, samples.labels)
+    u_source = "pixels"
+    if measured is None:
+        measured, u_source = sub, "oracle"
+    u_t, per_class_u = None, None
+    if measured is not None and G > 1:
+        real = data.train
+        known = real.subgroups >= 0
+        tvs = []
+        for c in range(L):
+            r = torch.bincount(real.subgroups[known & (real.labels == c)], minlength=G).double()
+            mc = measured[samples.labels == c].long()
+            g = torch.bincount(mc[mc >= 0], minlength=G).double()  # -1: not measurable (e.g. a black image)
+            tvs.append(total_variation(r / r.sum(), g / g.sum()) if r.sum() > 0 and g.sum() > 0 else None)
+        defined = [v for v in tvs if v is not None]
+        u_t = float(np.mean(defined)) if defined else None
+        per_class_u = tvs
+
+    def hist(x: torch.Tensor) -> list[float]:
+        h = torch.bincount(x, minlength=L).double()
+        return (h / h.sum()).tolist() if h.sum() > 0 else [0.0] * L
+
+    result: dict[str, Any] = {
+        "q": q,
+        "u": u_t,
+        "u_per_class": per_class_u,
+        "u_source": u_source if u_t is not None else None,
+        "class_balance": hist(kept["labels"]),
+        "oracle_class_balance": hist(predicted),
+        "fid": None,
+        "kid": None,
+        "fid_note": None,
+        "_images": len(samples),
+    }
+    result.update(_fid(ctx, samples))
+    return result
+
+
+def _fid(ctx: RunContext, samples: ImageSet) -> dict[str, Any]:
+    fid = ctx.spec.metrics.fid
+    if fid.backbone == "none":
+        return {"fid_note": "FID/KID disabled by the spec (metrics.fid.backbone = 'none')"}
+    return fid_module.generator_scores(ctx, samples)
+
+
+STAGE_FUNCS: dict[str, Callable[[RunContext, Unit, Path], dict[str, Any]]] = {
+    "oracle": _oracle,
+    "generator": _generator,
+    "sample": _sample,
+    "filter": _filter,
+    "mix": _mix,
+    "classifier": _classifier,
+    "evaluate": _evaluate,
+}
+
+
+def stage_label(u: Unit) -> str:
+    return u.stage if u.name is None else f"{u.stage} {u.name}"
+
+
+def execute(ctx: RunContext, u: Unit) -> dict[str, Any]:
+    """Run one unit unless it is done; return its result. Writes ``result.json`` last, atomically."""
+    out = u.directory(ctx.run_dir)
+    if (out / RESULT).exists():
+        return read_json(out / RESULT)
+    seed_everything(u.unit_seed)
+    t0 = time.perf_counter()
+    with ctx.reporter.stage(f"seed {u.seed} gen {u.generation}: {stage_label(u)}" if u.seed is not None else stage_label(u)):
+        result = STAGE_FUNCS[u.stage](ctx, u, out)
+    seconds = time.perf_counter() - t0
+    images = result.pop("_images", 0)
+    result["timing"] = {"seconds": seconds, "images": images, "images_per_s": images / seconds if seconds else None}
+    write_json(out / RESULT, result)
+    return result
