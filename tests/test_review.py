@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import ConfigError, ReviewPending
-from harness.interfaces import FilterContext, Runtime
 from harness.imageset import ImageSet
+from harness.interfaces import FilterContext, Runtime
 from harness.plugin.manager import create_plugin_manager
 from tests.conftest import tiny_config
 
@@ -34,14 +34,16 @@ def make(**options):
     return cls(cls.Options(**options))
 
 
-def fake_run(tmp_path: Path, seed: int = 0, t: int = 1) -> tuple[Path, FilterContext]:
-    """A run directory (spec.json only) and the filter context of its generation ``t`` of ``seed``."""
+def fake_run(tmp_path: Path, seed: int = 0, t: int = 1, folder: str | None = None) -> tuple[Path, FilterContext]:
+    """A run directory (spec.json only) and the filter context of its generation ``t`` of ``seed``; the review
+    folder is wherever the harness puts it (``folder``), the filter and ``bench review`` do not care."""
     run_dir = tmp_path / "run"
     run_dir.mkdir(exist_ok=True)
     (run_dir / "spec.json").write_text("{}")
-    review = run_dir / "review" / f"seed-{seed}" / f"gen-{t:03d}"
+    review = run_dir / (folder or f"review/seed-{seed}/gen-{t:03d}")
     runtime = Runtime(device="cpu", precision="fp32", seed=0, reporter=Reporter(), workdir=tmp_path / "work")
-    return run_dir, FilterContext(generation=t, classifiers=(), class_names=NAMES, runtime=runtime, review_dir=review)
+    return run_dir, FilterContext(generation=t, classifiers=(), class_names=NAMES, runtime=runtime, review_dir=review,
+                                  seed=seed, run_dir=run_dir)
 
 
 def candidates(n: int = 9, channels: int = 1) -> ImageSet:
@@ -80,6 +82,8 @@ def test_pending_writes_sheets_and_csv(tmp_path):
     with Image.open(ctx.review_dir / sheets[0]) as im:
         assert im.mode == "RGB" and im.width >= 3 * 16 and im.height > 16
     assert not (ctx.review_dir / "decisions.csv").exists()
+    info = json.loads((ctx.review_dir / "review.json").read_text())
+    assert info == {"filter": "manual", "seed": 0, "generation": 1, "candidates": 9}
     pending(make(tile=16), candidates(), ctx)  # still pending: nobody has decided
 
 
@@ -185,6 +189,33 @@ def test_review_needs_a_run_dir_and_a_choice_between_pending_reviews(tmp_path):
     r = review(run_dir, "--seed", "1", "--generation", "1", "--reject", "1")
     assert r.exit_code == 0 and "seed 1 generation 1" in r.stdout, r.output
     assert not (ctx0.review_dir / "decisions.csv").exists() and (ctx1.review_dir / "decisions.csv").exists()
+
+
+def test_review_reads_review_json_not_the_folder_path(tmp_path):
+    run_dir, ctx = fake_run(tmp_path, seed=7, t=2, folder="elsewhere/any-name")
+    msg = pending(make(), candidates(), ctx)
+    assert "generation 2 of seed 7 waits for review" in msg and f"bench review {run_dir}`" in msg
+    r = review(run_dir)
+    assert r.exit_code == 0 and "seed 7 generation 2: 9 candidates" in r.stdout, r.output
+    r = review(run_dir, "--seed", "7", "--generation", "2", "--reject", "0")
+    assert r.exit_code == 0 and "8 kept, 1 rejected" in r.stdout, r.output
+    (ctx.review_dir / "review.json").write_text("{not json")
+    r = review(run_dir)
+    assert r.exit_code == 2 and "review.json is damaged" in r.stderr, r.output
+
+
+def test_review_is_the_manual_filters_command():
+    """``bench review`` comes from the filter package's register_commands hook; the core has no review module."""
+    import importlib.util
+
+    import plugins.filters
+    from harness.plugin.manager import create_plugin_manager as fresh
+
+    assert importlib.util.find_spec("harness.cli.review") is None
+    impls = fresh().pm.hook.register_commands.get_hookimpls()
+    assert [i.plugin for i in impls] == [plugins.filters]
+    assert any(c.name == "review" and c.callback.__module__ == "plugins.filters.manual"
+               for c in app.registered_commands)
 
 
 # ------------------------------------------------------------------ end to end

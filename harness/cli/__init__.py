@@ -1,4 +1,8 @@
-"""The ``bench`` command line. One module per command; heavy imports (torch) happen inside command bodies."""
+"""The ``bench`` command line. One module per command; heavy imports (torch) happen inside command bodies.
+
+Installed plugins add their own commands through the ``register_commands`` hook (e.g. ``bench review``, from
+the ``manual`` filter); the core never imports a plugin module.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+from typer.main import get_command_name
+
+from harness.plugin.manager import default_plugins
 
 app = typer.Typer(
     name="bench",
@@ -17,6 +24,22 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from harness import __version__
+
+        typer.echo(f"bench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    pass
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -45,6 +68,14 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def warn(message: str) -> None:
+    """Print one warning line on stderr."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[yellow]warning:[/] {escape(message)}", markup=True)
+
+
 def _register_commands() -> None:
     """Import each command module (one per command); each registers itself on ``app``. No torch here."""
     import importlib
@@ -55,8 +86,45 @@ def _register_commands() -> None:
             importlib.import_module(f"harness.cli.{name}")
 
 
-COMMANDS = ("run", "list", "plugins", "data", "review", "report", "leaderboard", "sweep")
+def _names(commands: list[Any]) -> set[str]:
+    return {c.name or get_command_name(c.callback.__name__) for c in commands if c.callback}
+
+
+def _register_plugin_commands() -> None:
+    """Let every installed plugin add its commands (the ``register_commands`` hook), after the core's.
+
+    A plugin that fails here, or that takes a name already taken, is reported in one line on stderr and left out;
+    every other command still works. A :class:`~harness.errors.BenchError` raised by a plugin's command becomes
+    one line on stderr, as for the core's commands.
+    """
+    try:
+        plugins = default_plugins()
+    except Exception as exc:  # noqa: BLE001 - a broken plugin never takes the CLI down
+        warn(f"plugins could not be loaded, their commands are missing: {type(exc).__name__}: {exc}")
+        return
+    args = {"app": app}
+    for impl in plugins.pm.hook.register_commands.get_hookimpls():
+        taken, before = _names(app.registered_commands), len(app.registered_commands)
+        try:
+            impl.function(*(args[name] for name in impl.argnames))
+        except Exception as exc:  # noqa: BLE001
+            del app.registered_commands[before:]
+            warn(f"plugin {impl.plugin_name} could not add its commands: {type(exc).__name__}: {exc}")
+            continue
+        added = app.registered_commands[before:]
+        clash = sorted(_names(added) & taken)
+        if clash:
+            del app.registered_commands[before:]
+            warn(f"plugin {impl.plugin_name}: its command(s) {', '.join(clash)} left out, the name is taken")
+            continue
+        for command in added:
+            if command.callback is not None:
+                command.callback = user_errors(command.callback)
+
+
+COMMANDS = ("run", "list", "plugins", "data", "report", "leaderboard", "sweep")
 _register_commands()
+_register_plugin_commands()
 
 
 def main() -> None:

@@ -1,6 +1,8 @@
-"""Built-in filter plugins, registered lazily (listing them imports no torch)."""
+"""Built-in filter plugins, registered lazily (listing them imports no torch), and ``bench review``, the manual
+filter's command."""
 
-from harness.hookspecs import hookimpl
+from harness import hookimpl
+from plugins.filters.manual import add_review_command
 
 
 @hookimpl
@@ -10,3 +12,8 @@ def register_filters(register):
     register("uncertainty", "plugins.filters.uncertainty:Uncertainty")
     register("clip", "plugins.filters.clip:ClipFilter")
     register("manual", "plugins.filters.manual:ManualFilter")
+
+
+@hookimpl
+def register_commands(app):
+    add_review_command(app)

@@ -7,6 +7,9 @@ into the review directory ``RUN_DIR/review/seed-s/gen-TTT/``:
   enlarged to ``tile`` px with its candidate **id** printed under it, in id order;
 - ``candidates.csv`` — ``id,class,class_name,decision``, one row per candidate, ``decision`` blank;
 
+- ``review.json`` — which review it is: ``{"filter": "manual", "seed": s, "generation": t, "candidates": n}``
+  (what ``bench review`` reads; it never parses the folder's path);
+
 and stops the run with :class:`~harness.errors.ReviewPending` (exit code 3). A person then decides, in one of
 three ways:
 
@@ -31,7 +34,8 @@ kept; an unknown id, a repeated id or another decision is an error that names th
 are ignored. ``bench review`` always writes every id; an edited ``candidates.csv`` is copied into
 ``decisions.csv`` when the run resumes, so ``decisions.csv`` is the record of the review.
 
-This module imports no torch at its top, so ``bench review`` stays light.
+``bench review`` is this plugin's command: the filter package adds it to ``bench`` through the
+``register_commands`` hook. This module imports no torch at its top, so ``bench review`` stays light.
 """
 
 from __future__ import annotations
@@ -40,14 +44,16 @@ import csv
 import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import typer
 from pydantic import Field
 
-from harness.errors import ConfigError, ReviewPending
+from harness.engine.rundir import read_json, write_bytes, write_json
+from harness.errors import ConfigError, ReviewPending, RunDirError
 from harness.interfaces import Filter, FilterContext, Options
-from harness.engine.rundir import write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -56,6 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DECISIONS = "decisions.csv"
 CANDIDATES = "candidates.csv"
+REVIEW = "review.json"
 KEEP, REJECT = "keep", "reject"
 
 
@@ -213,14 +220,6 @@ def contact_sheets(
 # --------------------------------------------------------------------------------------------------- the filter
 
 
-def review_location(review_dir: Path) -> tuple[int | None, Path | None]:
-    """``(seed, run directory)`` from a review directory ``RUN_DIR/review/seed-S/gen-TTT`` (None where unknown)."""
-    m = re.fullmatch(r"seed-(-?\d+)", review_dir.parent.name)
-    seed = int(m.group(1)) if m else None
-    run_dir = review_dir.parents[2] if review_dir.parent.parent.name == "review" else None
-    return seed, run_dir
-
-
 class ManualFilter(Filter):
     """A person keeps or rejects every candidate, from contact sheets; the run waits (exit 3) until they have."""
 
@@ -252,12 +251,156 @@ class ManualFilter(Filter):
         contact_sheets(candidates.images, candidates.labels.tolist(), context.class_names, d, tile=o.tile,
                        columns=o.columns, per_sheet=o.per_sheet)
         write_candidates(d / CANDIDATES, candidates.labels.tolist(), context.class_names)
-        seed, run_dir = review_location(d)
-        of_seed = f" of seed {seed}" if seed is not None else ""
+        write_json(d / REVIEW, {"filter": "manual", "seed": context.seed, "generation": context.generation,
+                                "candidates": len(candidates)})
+        of_seed = f" of seed {context.seed}" if context.seed is not None else ""
+        run_dir = context.run_dir if context.run_dir is not None else "RUN_DIR"
         raise ReviewPending(
             f"generation {context.generation}{of_seed} waits for review: mark rejects in {d / CANDIDATES} "
-            f"(or run `bench review {run_dir if run_dir is not None else 'RUN_DIR'}`), then run the same command again"
+            f"(or run `bench review {run_dir}`), then run the same command again"
         )
 
     def select(self, scores: torch.Tensor, labels: torch.Tensor, keep: float) -> torch.Tensor:
         return scores > 0.5
+
+
+# --------------------------------------------------------------------------------------------------- bench review
+
+
+@dataclass(frozen=True)
+class Review:
+    """One review the filter asked for, as its ``review.json`` describes it."""
+
+    seed: int | None
+    generation: int
+    directory: Path
+
+    @property
+    def candidates(self) -> Path:
+        return self.directory / CANDIDATES
+
+    @property
+    def decisions(self) -> Path:
+        return self.directory / DECISIONS
+
+    @property
+    def pending(self) -> bool:
+        return not self.decisions.exists()
+
+    @property
+    def sheets(self) -> list[Path]:
+        return sorted(self.directory.glob("sheet-*.png"))
+
+    def label(self) -> str:
+        return f"seed {self.seed} generation {self.generation}" if self.seed is not None else f"generation {self.generation}"
+
+
+def read_review(path: Path) -> Review:
+    """The review described by a ``review.json`` the filter wrote.
+
+    :raises RunDirError: the file is damaged.
+    """
+    try:
+        info = read_json(path)
+        seed, generation = info["seed"], info["generation"]
+        if info.get("filter") != "manual" or not isinstance(generation, int) or not isinstance(seed, (int, type(None))):
+            raise ValueError("not a manual review")
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RunDirError(f"{path} is damaged; delete its folder and run the same bench run command again") from None
+    return Review(seed, generation, path.parent)
+
+
+def find_reviews(run_dir: Path) -> list[Review]:
+    """Every review of a run (pending or decided), by seed and generation."""
+    reviews = [read_review(p) for p in Path(run_dir).rglob(REVIEW) if p.is_file()]
+    return sorted(reviews, key=lambda r: (r.seed if r.seed is not None else -1, r.generation))
+
+
+def parse_ids(values: list[str]) -> list[int]:
+    """``["3", "5,7", "9 11"]`` → ``[3, 5, 7, 9, 11]``."""
+    ids: list[int] = []
+    for v in values:
+        for part in re.split(r"[,\s]+", v.strip()):
+            if not part:
+                continue
+            try:
+                ids.append(int(part))
+            except ValueError:
+                raise ConfigError(f"--reject expects candidate ids (integers), got {part!r}") from None
+    return ids
+
+
+def review(
+    run_dir: Path = typer.Argument(..., help="The run directory (printed by bench run; under --out)."),
+    accept_all: bool = typer.Option(False, "--accept-all", help="Keep every candidate of the pending review(s)."),
+    reject: list[str] = typer.Option(
+        [], "--reject", help="Candidate ids to reject (repeatable, or comma-separated); the others are kept."
+    ),
+    from_csv: Path | None = typer.Option(
+        None, "--from-csv", help="A CSV with columns id and decision (keep / reject / blank = keep)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Only the review of this seed."),
+    generation: int | None = typer.Option(None, "--generation", "-t", help="Only the review of this generation."),
+) -> None:
+    """List pending manual reviews (contact sheets and CSVs), or record decisions so the run can continue.
+
+    Without an action, prints each pending review's contact sheets and candidates.csv. With --accept-all,
+    --reject or --from-csv, writes the review's decisions.csv; run the same `bench run` command again to resume.
+    """
+    if not (run_dir / "spec.json").is_file():
+        raise RunDirError(f"{run_dir} is not a run directory (no spec.json); give the directory bench run printed")
+    reviews = [
+        r for r in find_reviews(run_dir)
+        if (seed is None or r.seed == seed) and (generation is None or r.generation == generation)
+    ]
+    pending = [r for r in reviews if r.pending]
+    acting = accept_all or bool(reject) or from_csv is not None
+
+    if not acting:
+        if not pending:
+            done = f" ({len(reviews)} already decided)" if reviews else ""
+            typer.echo(f"no reviews pending in {run_dir}{done}")
+            return
+        for r in pending:
+            n = len(read_candidates(r.candidates))
+            typer.echo(f"{r.label()}: {n} candidates waiting for review")
+            for sheet in r.sheets:
+                typer.echo(f"  sheet  {sheet}")
+            typer.echo(f"  csv    {r.candidates}")
+        typer.echo(
+            f"mark rejects in the csv, or: bench review {run_dir} --reject ID[,ID...] | --accept-all | "
+            f"--from-csv FILE; then run the same bench run command again"
+        )
+        return
+
+    if accept_all and (reject or from_csv is not None):
+        raise ConfigError("--accept-all keeps everything; do not combine it with --reject or --from-csv")
+    if not pending:
+        what = "matching --seed/--generation " if (seed is not None or generation is not None) else ""
+        raise ConfigError(
+            f"no {what}review is pending in {run_dir}; to change a decision not yet applied, delete its decisions.csv"
+        )
+    if not accept_all and len(pending) > 1:
+        names = ", ".join(r.label() for r in pending)
+        raise ConfigError(f"{len(pending)} reviews are pending ({names}); choose one with --seed and --generation")
+
+    for r in pending:
+        rows = read_candidates(r.candidates)
+        n = len(rows)
+        decisions = {i: KEEP for i in range(n)}
+        if from_csv is not None:
+            in_order = [i for i, _, _ in rows] == list(range(n))
+            decisions = read_decisions(from_csv, n, labels=[c for _, c, _ in rows] if in_order else None)
+        for i in parse_ids(reject):
+            if not 0 <= i < n:
+                raise ConfigError(f"--reject {i}: not a candidate of {r.label()} (ids run 0 to {n - 1})")
+            decisions[i] = REJECT
+        write_decisions(r.decisions, decisions)
+        rejected = sum(1 for v in decisions.values() if v == REJECT)
+        typer.echo(f"{r.label()}: wrote {r.decisions} ({n - rejected} kept, {rejected} rejected)")
+    typer.echo("run the same bench run command again to continue")
+
+
+def add_review_command(app: typer.Typer) -> None:
+    """Add ``bench review`` to the ``bench`` application (called by the filter package's ``register_commands``)."""
+    app.command("review")(review)

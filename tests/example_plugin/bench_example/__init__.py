@@ -2,7 +2,7 @@
 
 import json
 
-from harness.hookspecs import hookimpl
+from harness import hookimpl
 
 
 @hookimpl

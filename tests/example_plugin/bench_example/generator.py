@@ -2,7 +2,7 @@
 
 import torch
 
-from harness.interfaces import Generator, Options
+from harness import Generator, Options
 
 
 class ClassMeanOptions(Options):
