@@ -22,9 +22,7 @@ def python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_public_names_import_from_harness():
-    r = python("from harness import Dataset, Generator, Classifier, Filter, Options, hookimpl, ImageSet, run, "
-               "load_results")
-    assert r.returncode == 0, r.stderr
+    """(A fresh interpreter imports them in tests/test_architecture.py.)"""
     assert sorted(harness.__all__) == sorted(PUBLIC)
     for name in PUBLIC:
         assert getattr(harness, name) is not None
