@@ -12,7 +12,8 @@ KINDS = ("datasets", "generators", "classifiers", "filters")
 @app.command("list")
 @user_errors
 def list_plugins(kind: str = typer.Argument(..., help="datasets | generators | classifiers | filters")) -> None:
-    """List the registered plugins of one kind (names on stdout, one per line)."""
+    """List the registered plugins of one kind (names on stdout, one per line); one warning line on stderr per
+    plugin that cannot be used (``bench plugins`` shows them all)."""
     if kind not in KINDS:
         import difflib
 
@@ -21,6 +22,9 @@ def list_plugins(kind: str = typer.Argument(..., help="datasets | generators | c
         raise fail(f"unknown kind {kind!r}.{hint} Choose from: {', '.join(KINDS)}.")
     from harness.plugin.manager import default_plugins
 
-    for entry in default_plugins().registry(kind).entries():
+    plugins = default_plugins()
+    for info in plugins.failed:
+        typer.echo(f"warning: {info.problem}", err=True)
+    for entry in plugins.registry(kind).entries():
         name = entry.name + "<name>" if entry.name.endswith(":") else entry.name
         typer.echo(name)

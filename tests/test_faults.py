@@ -1,0 +1,243 @@
+"""Faults and hostile input (issue 17; docs/reliability.md): a damaged run directory heals or says so in one line,
+a broken third-party plugin never breaks bench, text from entries is printed as text, every mistake is one line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from harness import loop
+from harness.cli import app
+from harness.engine.plan import plan, unit
+from harness.engine.rundir import (
+    DamagedUnitError,
+    read_result,
+    unit_inputs,
+    unit_problem,
+    verify_file,
+    verify_run,
+    verify_unit,
+    write_bytes,
+    write_result,
+)
+from harness.specs import build_spec, resolve_spec
+from tests.conftest import tiny_config
+
+BENCH = [sys.executable, "-c", "from harness.cli import main; main()"]
+
+
+# --------------------------------------------------------------------------------------------------- damage
+
+
+def truncate(path: Path) -> None:
+    """What a killed flush or a full disk leaves: the first half of the file."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def garble(path: Path) -> None:
+    """Bytes flipped in place (a bad copy, a bad sector): same size, other content."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 16] = b"\xff" * min(16, len(data) - mid)
+    path.write_bytes(bytes(data))
+
+
+def delete(path: Path) -> None:
+    path.unlink()
+
+
+# --------------------------------------------------------------------------------------------------- rundir
+
+
+def finished_unit(directory: Path, files: dict[str, bytes], result: dict | None = None, inputs=None) -> None:
+    for name, data in files.items():
+        write_bytes(directory / name, data)
+    write_result(directory, result or {"value": 1.5, "timing": {"seconds": 0.1}}, inputs=inputs)
+
+
+def test_a_result_records_its_files_and_verifies(tmp_path):
+    finished_unit(tmp_path, {"model.safetensors": b"x" * 1000, "sub/extra.bin": b"y"})
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "scratch.pt").write_bytes(b"scratch is not an output")
+    (tmp_path / ".model.safetensors.abc.tmp").write_bytes(b"a write killed half-way")
+    record = json.loads((tmp_path / "result.json").read_text())["integrity"]
+    assert sorted(record["files"]) == ["model.safetensors", "sub/extra.bin"]
+    assert record["files"]["model.safetensors"]["size"] == 1000
+    assert verify_unit(tmp_path) is None and verify_file(tmp_path, "model.safetensors") is None
+    assert read_result(tmp_path) == {"value": 1.5, "timing": {"seconds": 0.1}}
+
+
+@pytest.mark.parametrize(
+    "name, damage, problem",
+    [
+        ("model.safetensors", truncate, "model.safetensors has 500 bytes, 1000 were written"),
+        ("model.safetensors", garble, "model.safetensors does not match its sha256"),
+        ("model.safetensors", delete, "model.safetensors is missing"),
+        ("result.json", truncate, "result.json is damaged"),
+        ("result.json", garble, "result.json is damaged"),
+        ("result.json", delete, "result.json is missing"),
+    ],
+)
+def test_damage_is_found_and_named(tmp_path, name, damage, problem):
+    finished_unit(tmp_path, {"model.safetensors": b"x" * 1000})
+    damage(tmp_path / name)
+    assert problem in verify_unit(tmp_path)
+
+
+def test_an_edited_result_that_still_parses_is_found(tmp_path):
+    finished_unit(tmp_path, {})
+    path = tmp_path / "result.json"
+    path.write_text(path.read_text().replace("1.5", "2.5"))
+    assert "does not match its checksum" in verify_unit(tmp_path)
+    data = json.loads(path.read_text())
+    del data["integrity"]
+    path.write_text(json.dumps(data))
+    assert "no integrity record" in verify_unit(tmp_path)
+    with pytest.raises(DamagedUnitError, match="no integrity record"):
+        read_result(tmp_path)
+
+
+def test_a_manifest_cannot_point_outside_its_unit(tmp_path):
+    unit_dir = tmp_path / "u"
+    finished_unit(unit_dir, {"a.bin": b"a"})
+    data = json.loads((unit_dir / "result.json").read_text())
+    data["integrity"]["files"] = {"../../etc/passwd": {"size": 1, "sha256": "0"}}
+    body = {k: v for k, v in data.items() if k != "integrity"}
+    import hashlib
+
+    data["integrity"]["result_sha256"] = hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    (unit_dir / "result.json").write_text(json.dumps(data))
+    assert "invalid file entry" in verify_unit(unit_dir)
+
+
+def test_a_unit_is_stale_when_an_input_changed_since_it_read_it(tmp_path):
+    sample = unit("sample", 0, 1)
+    filt = unit("filter", 0, 1, deps=[sample])
+    finished_unit(sample.directory(tmp_path), {"samples.safetensors": b"first"})
+    finished_unit(filt.directory(tmp_path), {"filtered.safetensors": b"f"}, inputs=unit_inputs(tmp_path, filt))
+    assert unit_problem(tmp_path, filt) is None
+    # the sample unit computed again with the same bytes: what filter read is unchanged
+    finished_unit(sample.directory(tmp_path), {"samples.safetensors": b"first"}, {"timing": {"seconds": 9.0}})
+    assert unit_problem(tmp_path, filt) is None
+    # ... with other bytes: filter read something else
+    finished_unit(sample.directory(tmp_path), {"samples.safetensors": b"second"})
+    assert unit_problem(tmp_path, filt) == "its input seed-0/gen-001/sample has changed since it was computed"
+    assert verify_run(tmp_path, [sample, filt]) == [(filt.key, unit_problem(tmp_path, filt))]
+    # a lost result.json below a finished reader is reported; the reader is not reported for it again
+    (sample.directory(tmp_path) / "result.json").unlink()
+    assert [k for k, _ in verify_run(tmp_path, [sample, filt])] == [sample.key]
+    with pytest.raises(DamagedUnitError, match="seed-0/gen-001/sample"):
+        unit_inputs(tmp_path, filt)
+
+
+# --------------------------------------------------------------------------------------------------- runs heal
+
+
+def strip_timing(results) -> dict:
+    data = json.loads(results.model_dump_json())
+    data.pop("timing")
+    return data
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One undamaged tiny run (dcgan, uncertainty filter, oracle, two generations) and its results."""
+    from harness.plugin.manager import create_plugin_manager
+
+    plugins = create_plugin_manager()
+    spec = resolve_spec(build_spec(None, tiny_config(out=str(tmp_path_factory.mktemp("reference")))), plugins)
+    return spec, plugins, strip_timing(loop.run(spec, plugins))
+
+
+def copy_run(reference, tmp_path: Path):
+    spec, plugins, _ = reference
+    copy = spec.model_copy(update={"out": tmp_path / "runs"})  # `out` is not part of the spec hash
+    shutil.copytree(spec.run_dir, copy.run_dir)
+    (copy.run_dir / "results.json").unlink()
+    return copy
+
+
+DAMAGE = [
+    # a generator's weights, read by the sample unit of the same generation
+    ("seed-0/gen-001/generator", "model.safetensors", truncate),
+    # a classifier's weights, read by the next generation's filter (uncertainty)
+    ("seed-0/gen-000/classifier/lenet", "model.safetensors", truncate),
+    # weights nothing downstream reads: found all the same
+    ("seed-0/gen-002/classifier/lenet", "model.safetensors", garble),
+    ("seed-0/gen-002/sample", "samples.safetensors", garble),
+    ("seed-0/gen-001/mix", "result.json", garble),
+    ("seed-0/gen-001/filter", "result.json", truncate),
+    ("oracle", "result.json", truncate),
+    ("seed-0/gen-001/classifier/lenet", "predictions.safetensors", delete),
+]
+
+
+@pytest.mark.parametrize("key, name, damage", DAMAGE, ids=[f"{k}/{n}:{d.__name__}" for k, n, d in DAMAGE])
+def test_a_damaged_unit_is_computed_again_and_the_run_ends_as_if_undamaged(reference, tmp_path, caplog, key, name,
+                                                                          damage):
+    _, plugins, expected = reference
+    spec = copy_run(reference, tmp_path)
+    damage(spec.run_dir / key / name)
+    found = verify_run(spec.run_dir, plan(spec))
+    assert [k for k, _ in found] == [key] and name in found[0][1]
+
+    with caplog.at_level(logging.WARNING, logger="harness"):
+        results = loop.run(spec, plugins)
+    assert strip_timing(results) == expected
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and key in warnings[0] and name in warnings[0], warnings
+    assert "\n" not in warnings[0]
+    assert verify_run(spec.run_dir, plan(spec)) == []
+
+
+def test_a_file_damaged_after_its_unit_was_checked_is_not_loaded(reference, tmp_path):
+    from harness.engine.stages import RunContext
+
+    spec = copy_run(reference, tmp_path)
+    ctx = RunContext(spec, spec.run_dir, reference[1])
+    assert len(ctx.filtered(0, 1)) > 0
+    truncate(spec.run_dir / "seed-0/gen-002/mix/mix.safetensors")
+    with pytest.raises(DamagedUnitError, match=r"unit seed-0/gen-002/mix: mix.safetensors has \d+ bytes"):
+        ctx.trainset(0, 2)
+
+
+def test_bench_run_verify_lists_damaged_units_and_runs_nothing(tmp_path):
+    cfg = tmp_path / "spec.json"
+    cfg.write_text(json.dumps(tiny_config(loop={"generations": 1})))
+    args = ["run", "--config", str(cfg), "--out", str(tmp_path / "runs")]
+    done = CliRunner().invoke(app, [*args, "--quiet"])
+    assert done.exit_code == 0, done.output
+    run_dir = Path(done.stdout.strip()).parent
+    (run_dir / "results.json").unlink()
+    ok = CliRunner().invoke(app, [*args, "--verify"])
+    assert ok.exit_code == 0, ok.output
+    assert ok.stdout == "" and "all intact" in ok.stderr
+    truncate(run_dir / "seed-0/gen-001/generator/model.safetensors")
+    garble(run_dir / "seed-0/gen-001/evaluate/result.json")
+    bad = CliRunner().invoke(app, [*args, "--verify"])
+    assert bad.exit_code == 2
+    lines = bad.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("seed-0/gen-001/generator: model.safetensors has")
+    assert lines[1].startswith("seed-0/gen-001/evaluate: result.json is damaged")
+    assert not (run_dir / "results.json").exists()  # nothing ran
+    healed = CliRunner().invoke(app, [*args, "--quiet"])
+    assert healed.exit_code == 0, healed.output
+    warnings = healed.stderr.strip().splitlines()
+    assert warnings == [
+        f"warning: unit seed-0/gen-001/generator: {lines[0].split(': ', 1)[1]}; computing it again",
+        f"warning: unit seed-0/gen-001/evaluate: {lines[1].split(': ', 1)[1]}; computing it again",
+    ]
+    assert CliRunner().invoke(app, [*args, "--verify"]).exit_code == 0
+    missing = CliRunner().invoke(app, ["run", "--config", str(cfg), "--out", str(tmp_path / "elsewhere"), "--verify"])
+    assert missing.exit_code == 2 and "no run directory" in missing.stderr
