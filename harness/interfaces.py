@@ -62,6 +62,14 @@ class Runtime:
 
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
+    def autocast(self) -> torch.autocast:
+        """``with runtime.autocast():`` runs the heavy compute at the run's precision on its device (fp32: autocast
+        off)."""
+        import torch
+
+        dtype = self.autocast_dtype
+        return torch.autocast(torch.device(self.device).type, dtype=dtype, enabled=dtype is not None)
+
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A gradient scaler, enabled for fp16 only (its narrow range underflows small gradients); with bf16/fp32
         ``scale``, ``unscale_``, ``step`` and ``update`` pass through. One per optimizer."""
@@ -185,6 +193,15 @@ class Generator(ABC):
         if len(data) < min_images:
             raise ValueError(f"{name} needs at least {min_images} training image{'s' if min_images > 1 else ''}")
         return len(data)
+
+    def check_labels(self, labels: Any) -> torch.Tensor:
+        """``labels`` as an int64 tensor; ``ValueError`` unless each lies in ``[0, num_classes)``."""
+        import torch
+
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]")
+        return labels
 
     @abstractmethod
     def fit(self, data: ImageSet) -> Mapping[str, Any]:

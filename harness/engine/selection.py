@@ -6,15 +6,19 @@ from __future__ import annotations
 import torch
 
 
-def keep_top_per_class(scores: torch.Tensor, labels: torch.Tensor, keep: float, num_classes: int) -> torch.Tensor:
-    """Bool mask of the top ``keep`` fraction of each class by score (SPEC §1).
+def keep_quota(counts: torch.Tensor, keep: float) -> torch.Tensor:
+    """How many candidates each class keeps (SPEC §1): ``k_c = floor(keep·n_c + 0.5)``, at least 1 when
+    ``n_c > 0``, none when ``n_c = 0``. Every filter's selection rule keeps to it."""
+    return torch.floor(keep * counts.double() + 0.5).long().clamp(min=1) * (counts > 0)
 
-    Class ``c`` with ``n_c`` candidates keeps ``k_c = floor(keep·n_c + 0.5)`` (at least 1 when ``n_c > 0``);
-    ties go to the earlier candidate. Vectorised: one stable sort by score, one stable sort by class.
+
+def keep_top_per_class(scores: torch.Tensor, labels: torch.Tensor, keep: float, num_classes: int) -> torch.Tensor:
+    """Bool mask of the top ``keep`` fraction of each class by score: the :func:`keep_quota` of each class, ties to
+    the earlier candidate. Vectorised: one stable sort by score, one stable sort by class.
     """
     n = scores.numel()
     counts = torch.bincount(labels, minlength=num_classes)
-    k = torch.floor(keep * counts.double() + 0.5).long().clamp(min=1) * (counts > 0)
+    k = keep_quota(counts, keep)
     by_score = torch.sort(-scores.double(), stable=True).indices
     order = by_score[torch.sort(labels[by_score], stable=True).indices]
     starts = torch.cumsum(counts, 0) - counts

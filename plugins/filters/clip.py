@@ -41,9 +41,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pydantic import Field, field_validator, model_validator
 
+from harness.engine.selection import keep_quota
 from harness.errors import ConfigError, WeightsError
-from harness.interfaces import Filter, FilterContext, Options
 from harness.imageset import ImageSet
+from harness.interfaces import Filter, FilterContext, Options
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -124,14 +125,14 @@ def bin_index(scores: torch.Tensor, bins: int) -> torch.Tensor:
 
 
 def keep_top_bins_per_class(scores: torch.Tensor, labels: torch.Tensor, keep: float, bins: int) -> torch.Tensor:
-    """Bool mask: per class, whole bins from the top down until at least ``floor(keep·n_c + 0.5)`` (≥ 1) are kept."""
+    """Bool mask: per class, whole bins from the top down until at least the class's :func:`keep_quota` is kept."""
     b = bin_index(scores, bins)
     labels = labels.to(torch.int64).cpu()
+    quota = keep_quota(torch.bincount(labels), keep)
     mask = torch.zeros(scores.numel(), dtype=torch.bool)
     for c in torch.unique(labels).tolist():
         in_c = labels == c
-        n_c = int(in_c.sum())
-        k_c = max(1, int(keep * n_c + 0.5))
+        k_c = int(quota[c])
         counts = torch.bincount(b[in_c], minlength=bins)
         from_top = torch.cumsum(counts.flip(0), 0)  # from_top[j]: candidates in the top j+1 bins
         j = int(torch.nonzero(from_top >= k_c)[0])
@@ -250,19 +251,13 @@ class ClipFilter(Filter):
         runtime = context.runtime
         device = runtime.device
         model, tokenizer, mean, std, side = self.load_model(device)
-        dtype = runtime.autocast_dtype
-        amp = (
-            torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-            if dtype is not None
-            else contextlib.nullcontext()
-        )
         m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         bs = self.options.batch_size
         n = len(candidates)
         out = torch.empty(n, dtype=torch.float32)
         with torch.no_grad():
-            with amp:
+            with runtime.autocast():
                 text = model.encode_text(tokenizer(self.prompts(names)).to(device))
             text = torch.nn.functional.normalize(text.float(), dim=-1)
             reporter = getattr(runtime, "reporter", None)
@@ -270,7 +265,7 @@ class ClipFilter(Filter):
             with task as progress:
                 for start in range(0, n, bs):
                     x = preprocess(candidates.images[start:start + bs].to(device), side, m, s)
-                    with amp:
+                    with runtime.autocast():
                         emb = model.encode_image(x)
                     emb = torch.nn.functional.normalize(emb.float(), dim=-1)
                     y = labels[start:start + bs].to(device)

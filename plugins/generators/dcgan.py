@@ -278,10 +278,6 @@ class DCGAN(Generator):
 
     # ------------------------------------------------------------------ training
 
-    def _autocast(self):
-        dtype = self.runtime.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
-
     def _to_input(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -348,7 +344,7 @@ class DCGAN(Generator):
                     r1 = o.r1_gamma > 0 and step % o.r1_every == 0
                     if r1:
                         x.requires_grad_(True)
-                    with self._autocast():
+                    with self.runtime.autocast():
                         fake = G(z, yf)
                         d_real = D(aug(x), y).float()
                         loss_d = self._d_loss(d_real, D(aug(fake.detach()), yf).float())
@@ -362,7 +358,7 @@ class DCGAN(Generator):
 
                     # G step on the same fake batch (saves a forward pass); D's weight gradients are not needed.
                     D.requires_grad_(False)
-                    with self._autocast():
+                    with self.runtime.autocast():
                         loss_g = self._g_loss(D(aug(fake), yf).float())
                         if o.mode_seeking:  # diversity-sensitive term (Mao et al. 2019; Yang et al. 2019), capped
                             h2 = b // 2
@@ -417,7 +413,7 @@ class DCGAN(Generator):
         G.train()
         for _ in range(batches):
             y = labels[torch.randint(len(labels), (batch_size,))].to(self.device)
-            with self._autocast():
+            with self.runtime.autocast():
                 G(torch.randn(batch_size, self.options.z_dim, device=self.device), y)
         for m in bns:
             m.momentum = 0.1
@@ -429,14 +425,12 @@ class DCGAN(Generator):
     def sample(self, labels: torch.Tensor) -> torch.Tensor:
         G = self.G_ema if self.G_ema is not None else self.G
         G.eval()
-        labels = torch.as_tensor(labels, dtype=torch.int64)
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]")
+        labels = self.check_labels(labels)
         out = torch.empty(len(labels), self.channels, self.image_size, self.image_size, dtype=torch.uint8)
         for start in range(0, len(labels), _SAMPLE_BATCH):
             y = labels[start : start + _SAMPLE_BATCH].to(self.device)
             z = torch.randn(len(y), self.options.z_dim, device=self.device)
-            with self._autocast():
+            with self.runtime.autocast():
                 x = G(z, y)
             out[start : start + len(y)] = from_unit_float(x).cpu()
         return out

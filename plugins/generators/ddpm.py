@@ -143,10 +143,6 @@ class DDPM(Generator):
     def null_class(self) -> int:
         return self.num_classes
 
-    def _autocast(self):
-        dtype = self.runtime.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
-
     def _schedule_kwargs(self) -> dict:
         return dict(num_train_timesteps=self.options.train_timesteps, beta_schedule=self.options.beta_schedule)
 
@@ -190,7 +186,7 @@ class DDPM(Generator):
                     noise = torch.randn_like(x0)
                     t = torch.randint(0, o.train_timesteps, (b,), device=self.device)
                     xt = scheduler.add_noise(x0, noise, t)
-                    with self._autocast():
+                    with self.runtime.autocast():
                         pred = unet(xt, t, class_labels=y).sample
                     loss = F.mse_loss(pred.float(), noise)
                     opt.zero_grad(set_to_none=True)
@@ -238,9 +234,7 @@ class DDPM(Generator):
         o = self.options
         unet = self._sampler
         unet.eval()
-        labels = torch.as_tensor(labels, dtype=torch.int64)
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]")
+        labels = self.check_labels(labels)
         scheduler = DDIMScheduler(
             **self._schedule_kwargs(), prediction_type="epsilon", clip_sample=True, set_alpha_to_one=True,
             timestep_spacing=o.timestep_spacing,
@@ -259,7 +253,7 @@ class DDPM(Generator):
                     y = torch.cat([y, torch.full_like(y, self.null_class)])
                 for t in scheduler.timesteps:
                     inp = self._layout(torch.cat([x, x]) if guided else x)
-                    with self._autocast():
+                    with self.runtime.autocast():
                         eps = unet(inp, t, class_labels=y).sample.float()
                     if guided:
                         cond, uncond = eps.chunk(2)

@@ -246,10 +246,6 @@ class SD15LoRA(Generator):
 
     # ------------------------------------------------------------------ helpers
 
-    def _autocast(self):
-        dtype = self.runtime.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
-
     @torch.no_grad()
     def _embed(self, prompts: list[str]) -> torch.Tensor:
         tok = self.tokenizer(
@@ -344,7 +340,7 @@ class SD15LoRA(Generator):
                 noisy = noise_scheduler.add_noise(latents, noise, t)
                 target = noise if prediction == "epsilon" else noise_scheduler.get_velocity(latents, noise, t)
                 cond = embeds[labels[idx].to(self.device)]
-                with self._autocast():
+                with self.runtime.autocast():
                     pred = unet(noisy, t, encoder_hidden_states=cond).sample
                 loss = F.mse_loss(pred.float(), target.float())
                 opt.zero_grad(set_to_none=True)
@@ -381,9 +377,7 @@ class SD15LoRA(Generator):
     @torch.no_grad()
     def sample(self, labels: torch.Tensor) -> torch.Tensor:
         o = self.options
-        labels = torch.as_tensor(labels, dtype=torch.int64)
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]")
+        labels = self.check_labels(labels)
         unet, vae = self.unet, self.vae
         unet.eval()
         embeds = self._embed(self.prompts())
@@ -406,7 +400,7 @@ class SD15LoRA(Generator):
                 for t in scheduler.timesteps:
                     inp = torch.cat([latents, latents]) if guided else latents
                     inp = scheduler.scale_model_input(inp, t).to(self.dtype)
-                    with self._autocast():
+                    with self.runtime.autocast():
                         eps = unet(inp, t, encoder_hidden_states=context).sample.float()
                     if guided:
                         e_cond, e_uncond = eps.chunk(2)

@@ -128,21 +128,17 @@ class ConditionalVAE(Generator):
         if o.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-    def _autocast(self):
-        dtype = self.runtime.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
-
     def _to_input(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True).float().div_(255.0)
         return x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean over the batch of the per-image reconstruction term and KL divergence (float32)."""
-        with self._autocast():
+        with self.runtime.autocast():
             mu, logvar = self.model.encode(x, y)
         mu, logvar = mu.float(), logvar.float()
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        with self._autocast():
+        with self.runtime.autocast():
             logits = self.model.decode(z, y)
         logits = logits.float()
         b = x.shape[0]
@@ -208,14 +204,12 @@ class ConditionalVAE(Generator):
     def sample(self, labels: torch.Tensor) -> torch.Tensor:
         model = self.model
         model.eval()
-        labels = torch.as_tensor(labels, dtype=torch.int64)
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]")
+        labels = self.check_labels(labels)
         out = torch.empty(len(labels), self.channels, self.image_size, self.image_size, dtype=torch.uint8)
         for start in range(0, len(labels), _SAMPLE_BATCH):
             y = labels[start : start + _SAMPLE_BATCH].to(self.device)
             z = torch.randn(len(y), self.options.latent_dim, device=self.device) * self.options.temperature
-            with self._autocast():
+            with self.runtime.autocast():
                 logits = model.decode(z, y)
             out[start : start + len(y)] = torch.sigmoid(logits.float()).mul_(255.0).round_().to(torch.uint8).cpu()
         return out
