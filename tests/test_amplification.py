@@ -1,4 +1,5 @@
-"""harness.measure.amplification: A_t and its guards, A_bar, bias_value, and the SPEC §5 fit on synthetic data."""
+"""harness.measure.amplification: A_t and its guards, A_bar, bias_value, their bootstrap intervals, and the SPEC §5
+fit on synthetic data, including when it must say "not identified"."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import math
 import numpy as np
 import pytest
 
-from harness.measure.amplification import a_bar, amplification_factors, bias_value, fit_amplification
+from harness.measure.amplification import (
+    FIT_MAX_CONDITION,
+    FIT_MIN_SPREAD,
+    a_bar,
+    amplification_factors,
+    amplification_intervals,
+    bias_value,
+    fit_amplification,
+)
 
 # ----------------------------------------------------------------------------------------------- A_t, A_bar
 
@@ -73,7 +82,8 @@ def test_fit_recovers_the_model_exactly_without_noise():
     B, q, u = _synthetic(S=3)
     r = fit_amplification(B, q, u, ["cnn", "vit"], n_boot=50)
     json.dumps(r, allow_nan=False)
-    assert r["status"] == "ok", r["message"]
+    assert r["status"] == "identified", r["message"]
+    assert "50 of 50 bootstrap resamples" in r["message"] and "condition number" in r["message"]
     assert (r["n_points"], r["n_seeds"]) == (16, 3)  # 2 classifiers × 8 generations
     assert r["a"]["estimate"] == pytest.approx(A_TRUE, rel=1e-6)
     assert r["b"]["estimate"] == pytest.approx(B_TRUE, rel=1e-6)
@@ -88,7 +98,7 @@ def test_fit_recovers_the_model_exactly_without_noise():
 def test_bootstrap_intervals_contain_the_truth_with_noise():
     B, q, u = _synthetic(S=8, noise=0.01, rng_seed=0)
     r = fit_amplification(B, q, u, ["cnn", "vit"], n_boot=200, seed=0)
-    assert r["status"] == "ok", r["message"]
+    assert r["status"] == "identified", r["message"]
     assert "200 of 200" in r["message"]
     for est, truth in [(r["a"], A_TRUE), (r["b"], B_TRUE), (r["c"]["cnn"], C_TRUE[0]), (r["c"]["vit"], C_TRUE[1])]:
         assert est["ci_low"] < est["estimate"] < est["ci_high"]
@@ -98,12 +108,15 @@ def test_bootstrap_intervals_contain_the_truth_with_noise():
     assert fit_amplification(B, q, u, ["cnn", "vit"], n_boot=200, seed=0) == r
 
 
-def test_one_seed_gives_estimates_without_intervals():
-    B, q, u = _synthetic(S=1)
-    r = fit_amplification(B, q, u, ["cnn", "vit"])
-    assert r["status"] == "ok" and r["a"]["estimate"] == pytest.approx(A_TRUE, rel=1e-6)
-    assert r["a"]["ci_low"] is None and r["c"]["cnn"]["ci_high"] is None
-    assert "no bootstrap" in r["message"]
+@pytest.mark.parametrize("S, n_boot, why", [(1, 100, "1 seed: "), (2, 100, "2 seeds: "), (3, 0, "n_boot = 0")])
+def test_without_a_bootstrap_the_fit_is_not_identified(S, n_boot, why):
+    # a perfect fit, but nothing shows it is stable under resampling the seeds: no estimate is given
+    B, q, u = _synthetic(S=S)
+    r = fit_amplification(B, q, u, ["cnn", "vit"], n_boot=n_boot)
+    assert r["status"] == "not_identified"
+    assert r["message"].startswith("not identified: ") and why in r["message"]
+    assert r["a"] == r["b"] == {"estimate": None, "ci_low": None, "ci_high": None}
+    assert r["c"]["cnn"]["estimate"] is None and r["r2"] is None
 
 
 def test_too_few_points_says_so():
@@ -119,20 +132,20 @@ def test_too_few_points_says_so():
 
 
 def test_undefined_ratios_are_dropped():
-    B, q, u = _synthetic(S=2)
+    B, q, u = _synthetic(S=3)
     B[:, 0, 3] = 0.0  # classifier 0 has no bias at generation 3: A_{0,2} = 0 (no log), A_{0,3} undefined
     B[0, 1, 5] = np.nan  # one seed missing: the other seed's value is the average
     r = fit_amplification(B, q, u, ["cnn", "vit"], n_boot=20)
-    assert r["status"] == "ok" and r["n_points"] == 14
+    assert r["status"] == "identified" and r["n_points"] == 14
     assert "2 of 16" in r["message"]
     assert r["a"]["estimate"] == pytest.approx(A_TRUE, rel=1e-6)
 
 
 def test_classifier_without_points_has_null_scale():
-    B, q, u = _synthetic(S=2)
+    B, q, u = _synthetic(S=3)
     B[:, 1, :] = np.nan
     r = fit_amplification(B, q, u, ["cnn", "vit"], n_boot=20)
-    assert r["status"] == "ok", r["message"]
+    assert r["status"] == "identified", r["message"]
     assert r["c"]["vit"] == {"estimate": None, "ci_low": None, "ci_high": None}
     assert r["c"]["cnn"]["estimate"] == pytest.approx(C_TRUE[0], rel=1e-6)
 
@@ -146,11 +159,11 @@ def test_classifier_without_points_has_null_scale():
     ],
 )
 def test_singular_design_is_reported(change, why):
-    B, q, u = _synthetic(S=2)
+    B, q, u = _synthetic(S=3)
     q, u = change(q, u)
-    r = fit_amplification(B, q, u, ["cnn", "vit"])
-    assert r["status"] == "failed"
-    assert "not identifiable" in r["message"] and why in r["message"]
+    r = fit_amplification(B, q, u, ["cnn", "vit"], n_boot=20)
+    assert r["status"] == "not_identified"
+    assert r["message"].startswith("not identified: ") and why in r["message"]
     assert r["a"]["estimate"] is None and r["b"]["estimate"] is None and r["c"]["cnn"]["estimate"] is None
 
 
@@ -164,9 +177,108 @@ def test_fit_rejects_mismatched_shapes():
 
 def test_fit_agrees_with_factors_on_seed_averaged_bias():
     # The fitted model's A_{M,t} reproduces amplification_factors() of the seed-averaged B when noise-free.
-    B, q, u = _synthetic(S=2)
-    r = fit_amplification(B, q, u, ["cnn", "vit"], n_boot=0)
+    B, q, u = _synthetic(S=3)
+    r = fit_amplification(B, q, u, ["cnn", "vit"], n_boot=20)
     f = amplification_factors(B.mean(axis=0)[0].tolist())
     c, a, b = r["c"]["cnn"]["estimate"], r["a"]["estimate"], r["b"]["estimate"]
     for t, x in enumerate(f):
         assert math.isclose(x["value"], c * (1 + a * (1 - Q_T[t]) + b * U_T[t]), rel_tol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ when the fit says no
+
+
+def _near_collinear_u(q: np.ndarray, wiggle: float) -> np.ndarray:
+    """u_t = 0.1 + 0.5 (1 - q_t) plus a small zig-zag: not exactly collinear with 1 - q_t, but nearly."""
+    return 0.1 + 0.5 * (1 - q) + wiggle * np.array([1, -1, 0, 1, -1, 0, 1, -1.0])
+
+
+def test_an_ill_conditioned_design_is_not_identified():
+    B, q, _ = _synthetic(S=3)
+    r = fit_amplification(B, q, _near_collinear_u(q, 0.01), ["cnn", "vit"], n_boot=20)
+    assert r["status"] == "not_identified"
+    assert "ill-conditioned" in r["message"] and f"> {FIT_MAX_CONDITION:g}" in r["message"]
+    assert r["a"]["estimate"] is None and r["b"]["estimate"] is None
+    # the same data with a wider zig-zag: condition number 27 < 30, the fit is identified
+    ok = fit_amplification(B, q, _near_collinear_u(q, 0.02), ["cnn", "vit"], n_boot=20)
+    assert ok["status"] == "identified", ok["message"]
+
+
+def test_a_regressor_that_barely_varies_is_not_identified():
+    B, _, u = _synthetic(S=3)
+    q = np.tile(0.9 + 0.01 * np.array([1, -1, 0, 1, -1, 0, 1, -1.0]), (3, 1))  # sd 0.0087 < 0.02
+    r = fit_amplification(B, q, u, ["cnn", "vit"], n_boot=20)
+    assert r["status"] == "not_identified"
+    assert f"1 - q_t varies too little (sd 0.00866 < {FIT_MIN_SPREAD:g})" in r["message"]
+
+
+def test_an_unstable_bootstrap_is_not_identified():
+    # seeds 1 and 2 lose B after generation 1: a resample without seed 0 has too few points and cannot refit,
+    # which happens in (2/3)^3 = 30 % of resamples. The point fit on all seeds is perfect, but not stable.
+    B, q, u = _synthetic(S=3)
+    B[1:, :, 2:] = np.nan
+    r = fit_amplification(B, q, u, ["cnn", "vit"], n_boot=200, seed=0)
+    assert r["status"] == "not_identified"
+    assert "only 131 of 200 bootstrap resamples of 3 seeds refitted (needs ≥ 95%)" in r["message"]
+    assert r["a"]["estimate"] is None and r["c"]["vit"]["estimate"] is None
+
+
+def test_every_reason_is_given():
+    B, q, u = _synthetic(S=3)
+    B[1:, :, 2:] = np.nan
+    q = np.tile(0.9 + 0.01 * np.array([1, -1, 0, 1, -1, 0, 1, -1.0]), (3, 1))
+    r = fit_amplification(B, q, u, ["cnn", "vit"], n_boot=100)
+    assert "1 - q_t varies too little" in r["message"] and "bootstrap resamples" in r["message"]
+
+
+# ------------------------------------------------------------------------------ intervals of B_t, A_t, A_bar
+
+
+def _bias(S: int, R: int, B_t, sd_seed: float, sd_rep: float, rng_seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(rng_seed)
+    B_t = np.asarray(B_t, dtype=float)
+    noise = sd_seed * rng.normal(size=(S, 1, B_t.size)) + sd_rep * rng.normal(size=(S, R, B_t.size))
+    return np.clip(B_t[None, None, :] + noise, 0.0, 1.0)
+
+
+def test_amplification_intervals_estimates_match_the_point_functions():
+    bias = _bias(5, 3, [0.10, 0.12, 0.15, 0.14], sd_seed=0.01, sd_rep=0.01)
+    B, A, bar = amplification_intervals(bias, resamples=2000, rng=0)
+    point = bias.mean(axis=(0, 1))  # balanced: the mean over replicates, then seeds, is the plain mean
+    factors = amplification_factors(point.tolist())
+    assert [b.estimate for b in B] == pytest.approx(point.tolist())
+    assert [a.estimate for a in A] == pytest.approx([f["value"] for f in factors])
+    assert bar.estimate == pytest.approx(a_bar(factors))
+    for iv in (*B, *A, bar):
+        assert iv.ci_low < iv.estimate < iv.ci_high
+        assert (iv.seeds, iv.replicates, iv.resamples, iv.dropped) == (5, 3, 2000, 0)
+    json.dumps([iv.model_dump() for iv in (*B, *A, bar)], allow_nan=False)
+    # the same rng gives the same intervals; another gives other ones
+    assert amplification_intervals(bias, resamples=2000, rng=0) == (B, A, bar)
+    assert amplification_intervals(bias, resamples=2000, rng=1)[2] != bar
+
+
+def test_amplification_intervals_respect_bounds_and_drop_undefined_ratios():
+    # B_0 near 0: the interval of B_0 is clipped at 0 and some resamples have B_0 < 1e-6, so no A_0
+    bias = _bias(4, 2, [0.002, 0.05, 0.05], sd_seed=0.0, sd_rep=0.0)
+    bias[0, :, 0] = 0.0  # seed 0 has no bias at generation 0; the others 0.002
+    B, A, bar = amplification_intervals(bias, resamples=2000, rng=0)
+    assert B[0].estimate == pytest.approx(0.0015) and B[0].ci_low == 0.0  # clipped at the bound
+    assert all(0.0 <= b.ci_low <= b.ci_high <= 1.0 for b in B)
+    # a resample drawing seed 0 four times has B_0 = 0: probability (1/4)^4 = 1/256 → about 8 of 2000
+    assert 0 < A[0].dropped < 30 and f"{A[0].dropped} of 2000 resamples left out" in A[0].note
+    assert A[0].ci_low >= 0.0 and bar.ci_low >= 0.0
+    assert A[1].estimate == pytest.approx(1.0) and A[1].ci_low == A[1].ci_high == pytest.approx(1.0)
+
+
+def test_amplification_intervals_without_enough_seeds_or_bias():
+    bias = _bias(2, 3, [0.1, 0.2], sd_seed=0.01, sd_rep=0.01)
+    _, A, bar = amplification_intervals(bias)
+    assert A[0].estimate is not None and A[0].ci_low is None and A[0].note == "no interval: 2 seeds (needs ≥ 3)"
+    assert bar.ci_low is None and bar.resamples == 0
+    zero = np.zeros((3, 2, 3))
+    _, A, bar = amplification_intervals(zero)
+    assert A[0].estimate is None and "no bias to amplify" in A[0].note
+    assert bar.estimate is None and "no A_t is defined" in bar.note
+    with pytest.raises(ValueError, match="shaped"):
+        amplification_intervals(np.zeros((3, 4)))

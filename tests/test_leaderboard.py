@@ -292,6 +292,22 @@ def test_migrations_chain_one_version_at_a_time(monkeypatch):
     assert migrated["schema_version"] == 1 and migrated["status"] == "complete" and "finished" in doc
 
 
+@pytest.mark.parametrize("old", ["ok", "failed"])
+def test_a_fit_written_before_the_identification_check_is_not_identified(tmp_path, old):
+    # files written before issue 13 call every converged fit "ok": nothing shows it identified, so no estimate
+    from harness.publish.leaderboard import load_entry
+
+    doc = synthetic_results(generations=3)
+    doc["amplification"]["fit"].update(status=old, message="fitted 3 points", r2=0.4,
+                                       a={"estimate": -2.9, "ci_low": -269.0, "ci_high": -1.6})
+    entry = load_entry(write(tmp_path / "old.json", doc))
+    fit = entry.results.amplification.fit
+    assert fit.status == "not_identified" and fit.a.estimate is None and fit.a.ci_low is None and fit.r2 is None
+    assert fit.message.startswith(f"not identified: written as {old!r} before bench checked") and \
+        "fitted 3 points" in fit.message
+    assert doc["amplification"]["fit"]["status"] == old  # the input is not modified
+
+
 # --------------------------------------------------------------------------------------------------- submit
 
 

@@ -1,10 +1,12 @@
 """Bias amplification (SPEC §5, eq. 6): the factors ``A_t = B_{t+1} / B_t``, their geometric mean ``A_bar``,
-and the fit of the identifiable form of Zhang et al.'s conjecture
+their bootstrap intervals over seeds and replicates, and the fit of the identifiable form of Zhang et al.'s
+conjecture
 
     log A_{M,t} = log c_M + log(1 + a (1 - q_t) + b u_t)
 
 with one ``c_M`` per classifier and ``a``, ``b`` shared, by least squares on seed-averaged values, with bootstrap
-intervals over seeds. Conventions are in ``docs/metrics.md``. Outputs are JSON-ready (python floats, None).
+intervals over seeds, called ``identified`` only when the bootstrap and the design support it. Conventions are in
+``docs/metrics.md``. Outputs are JSON-ready (python floats, None) or :class:`~harness.measure.intervals.Interval`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,33 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["amplification_factors", "a_bar", "bias_value", "fit_amplification"]
+from harness.measure.intervals import (
+    Interval,
+    Method,
+    bootstrap_draws,
+    interval_from_draws,
+    seed_replicate_mean,
+)
+
+__all__ = [
+    "FIT_MAX_CONDITION",
+    "FIT_MIN_BOOTSTRAP",
+    "FIT_MIN_SEEDS",
+    "FIT_MIN_SPREAD",
+    "a_bar",
+    "amplification_factors",
+    "amplification_intervals",
+    "bias_value",
+    "fit_amplification",
+]
 
 Measure = Literal["1-meo", "md", "gap"]
+
+#: The fit is ``identified`` only when all of these hold (SPEC §5; the reasons are in docs/metrics.md):
+FIT_MIN_BOOTSTRAP = 0.95  # fraction of bootstrap resamples of the seeds whose refit converges
+FIT_MIN_SEEDS = 3  # seeds for a bootstrap at all (as for every interval, SPEC §5b)
+FIT_MIN_SPREAD = 0.02  # standard deviation of 1 - q_t and of u_t over the fitted points
+FIT_MAX_CONDITION = 30.0  # condition number of the column-scaled Jacobian at the fit (Belsley, Kuh & Welsch)
 
 _Z_FLOOR = 1e-300  # stands in for 1 + a(1-q) + b u <= 0 inside the optimiser (a huge, finite residual)
 _CONSTANT_RTOL = 1e-9  # a regressor whose spread is below this fraction of its size counts as constant
@@ -81,6 +107,60 @@ def bias_value(metrics: Mapping[str, Any], measure: Measure) -> float | None:
     return 1.0 - v if measure == "1-meo" else v
 
 
+def amplification_intervals(
+    bias: Any,
+    *,
+    resamples: int = 2000,
+    rng: int | np.random.Generator = 0,
+    eps: float = 1e-6,
+    min_seeds: int = 3,
+    confidence: float = 0.95,
+    method: Method = "expanded percentile",
+) -> tuple[list[Interval], list[Interval], Interval]:
+    """``B_t``, ``A_t`` and ``A_bar`` of one classifier, each with its hierarchical-bootstrap interval.
+
+    :param bias: ``(S seeds, R replicates, T+1 generations)`` per-replicate bias values; NaN = missing.
+    :returns: ``(B, A, A_bar)``: ``T + 1`` intervals of ``B_t``, ``T`` of ``A_t``, one of ``A_bar``.
+
+    The estimates are those of :func:`amplification_factors` and :func:`a_bar` on ``B_t`` = the mean over
+    replicates within each seed, then over seeds. Every resample (seeds, then replicates within each, drawn once
+    for all generations, so the ``B_t`` of one resample belong together) recomputes those ``B_t``, then
+    ``A_t = B_{t+1} / B_t``; a resample where ``B_t < eps`` has no ``A_t`` and is left out of that ``t``'s
+    interval (``Interval.dropped`` counts them). ``A_bar`` of a resample is the geometric mean of the ``A_t``
+    defined at the point estimate; a resample missing one of them is left out. Intervals of ``B_t`` stay in
+    ``[0, 1]``; those of ``A_t`` and ``A_bar`` are expanded on the log scale (see
+    :func:`~harness.measure.intervals.interval_from_draws`) and stay ``>= 0``.
+    """
+    bias = np.asarray(bias, dtype=float)
+    if bias.ndim != 3:
+        raise ValueError(f"bias must be shaped (seeds, replicates, generations), got shape {bias.shape}")
+    S_axis, R, T1 = bias.shape
+    seeds = int(np.isfinite(bias).reshape(S_axis, -1).any(axis=1).sum())
+    point = seed_replicate_mean(bias[None])[0]
+    factors = amplification_factors([float(b) if np.isfinite(b) else None for b in point], eps=eps)
+    defined = [f["t"] for f in factors if f["value"] is not None]
+
+    if seeds >= min_seeds:
+        draws_B = bootstrap_draws(bias, seed_replicate_mean, resamples=resamples, rng=rng)  # (n, T+1)
+    else:
+        draws_B = np.empty((0, T1))
+    b0, b1 = draws_B[:, :-1], draws_B[:, 1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        draws_A = np.where(np.isfinite(b0) & (b0 >= eps) & np.isfinite(b1) & (b1 >= 0), b1 / b0, np.nan)
+        # a NaN in a row makes that resample's A_bar NaN (left out); log 0 = -inf gives A_bar = 0
+        draws_bar = (np.exp(np.log(draws_A[:, defined]).mean(axis=1)) if defined
+                     else np.full(draws_B.shape[0], np.nan))
+
+    common = {"seeds": seeds, "replicates": int(R), "confidence": confidence, "method": method, "min_seeds": min_seeds}
+    B_iv = [interval_from_draws(float(point[t]) if np.isfinite(point[t]) else None, draws_B[:, t],
+                                bounds=(0.0, 1.0), **common) for t in range(T1)]
+    A_iv = [interval_from_draws(f["value"], draws_A[:, f["t"]], bounds=(0.0, None), log=True, note=f["reason"],
+                                **common) for f in factors]
+    bar_iv = interval_from_draws(a_bar(factors), draws_bar, bounds=(0.0, None), log=True,
+                                 note=None if defined else "no A_t is defined", **common)
+    return B_iv, A_iv, bar_iv
+
+
 def fit_amplification(
     B: Any,
     q: Any,
@@ -91,23 +171,30 @@ def fit_amplification(
     seed: int = 0,
     eps: float = 1e-6,
 ) -> dict[str, Any]:
-    """Fit ``log A_{M,t} = log c_M + log(1 + a (1 - q_t) + b u_t)`` (SPEC §5).
+    """Fit ``log A_{M,t} = log c_M + log(1 + a (1 - q_t) + b u_t)`` (SPEC §5), and say whether it is identified.
 
-    :param B: ``[S seeds, M classifiers, T+1 generations]`` per-seed bias values; NaN = undefined.
+    :param B: ``[S seeds, M classifiers, T+1 generations]`` per-seed bias values (replicates already averaged);
+        NaN = undefined.
     :param q: ``[S, T]`` label fidelity; ``q[:, t]`` belongs to the generator whose samples enter the training
         set at generation ``t + 1``, so it is paired with ``A_t``.
     :param u: ``[S, T]`` unbalanced generation, paired like ``q``.
     :param classifier_names: ``M`` names, keys of ``"c"`` in the result.
-    :param n_boot: bootstrap resamples of the seeds (with replacement) for the 95% percentile intervals.
+    :param n_boot: bootstrap resamples of the seeds (with replacement), for the intervals and for the check that
+        the fit is stable.
     :param seed: seed of the bootstrap's ``numpy.random.Generator``.
     :param eps: ``A_t`` is undefined where the seed-averaged ``B_t < eps``.
-    :returns: ``{"status": "ok" | "too_few_points" | "failed", "message", "n_points", "n_seeds",
-        "c": {name: {"estimate", "ci_low", "ci_high"}}, "a": {...}, "b": {...}, "r2"}``. Estimates are None
-        unless the status is ``"ok"``; intervals are None with fewer than two seeds.
+    :returns: ``{"status": "identified" | "not_identified" | "too_few_points", "message", "n_points", "n_seeds",
+        "c": {name: {"estimate", "ci_low", "ci_high"}}, "a": {...}, "b": {...}, "r2"}``. Estimates, intervals
+        and ``r2`` are None unless the status is ``"identified"``; ``message`` gives the reason either way.
 
+    ``identified`` needs all of: the least-squares fit converges; ``1 - q_t`` and ``u_t`` each have a standard
+    deviation over the fitted points of at least :data:`FIT_MIN_SPREAD` and do not vary in lockstep; the
+    condition number of the column-scaled Jacobian at the fit is at most :data:`FIT_MAX_CONDITION`; at least
+    :data:`FIT_MIN_SEEDS` seeds; and at least :data:`FIT_MIN_BOOTSTRAP` of the ``n_boot`` resamples refit.
     The points are the seed-averaged ``A_{M,t} = mean_s B[s, M, t+1] / mean_s B[s, M, t]`` (means over the
     seeds where B is defined) paired with ``mean_s q[s, t]`` and ``mean_s u[s, t]``. ``r2`` is
-    ``1 - SS_res / SS_tot`` of ``log A`` around its grand mean.
+    ``1 - SS_res / SS_tot`` of ``log A`` around its grand mean. Intervals are expanded percentile intervals of
+    the bootstrap refits (:func:`~harness.measure.intervals.interval_from_draws`; ``c_M`` on the log scale).
     """
     B = np.asarray(B, dtype=float)
     q = np.asarray(q, dtype=float)
@@ -123,7 +210,7 @@ def fit_amplification(
 
     point = _fit_once(_seed_mean(B), _seed_mean(q), _seed_mean(u), eps)
     result: dict[str, Any] = {
-        "status": point["status"],
+        "status": "too_few_points",
         "message": point["message"],
         "n_points": point["n_points"],
         "n_seeds": int(S),
@@ -132,45 +219,50 @@ def fit_amplification(
         "b": _estimate(None),
         "r2": None,
     }
-    if point["status"] != "ok":
+    if point["status"] == "too_few_points":
         return result
+    if point["status"] == "failed":
+        return result | {"status": "not_identified", "message": f"not identified: {point['message']}"}
 
+    problems = _design_problems(point)
+    if S < FIT_MIN_SEEDS:
+        problems.append(f"{S} seed{'s' if S != 1 else ''}: checking the fit by bootstrap needs ≥ {FIT_MIN_SEEDS}")
+    elif n_boot < 1:
+        problems.append("n_boot = 0: no bootstrap to check the fit")
     theta = point["theta"]  # [log c_0 .. log c_{M-1} (NaN: no points), a, b]
-    result["r2"] = _finite_or_none(point["r2"])
-    result["a"] = _estimate(theta[M])
-    result["b"] = _estimate(theta[M + 1])
-    result["c"] = {name: _estimate(_exp_or_none(theta[m])) for m, name in enumerate(names)}
+    draws = np.full((max(n_boot, 0), M + 2), np.nan)
+    boot_text = ""
+    if S >= FIT_MIN_SEEDS and n_boot >= 1:  # also when the design already fails: the message gives every reason
+        rng = np.random.default_rng(seed)
+        for k in range(n_boot):
+            idx = rng.integers(0, S, size=S)
+            fit = _fit_once(_seed_mean(B[idx]), _seed_mean(q[idx]), _seed_mean(u[idx]), eps, x0=theta)
+            if fit["status"] == "ok":
+                draws[k] = fit["theta"]
+        fitted = int(np.isfinite(draws[:, M]).sum())
+        boot_text = f"{fitted} of {n_boot} bootstrap resamples of {S} seeds refitted"
+        if fitted < FIT_MIN_BOOTSTRAP * n_boot:
+            problems.append(f"only {boot_text} (needs ≥ {FIT_MIN_BOOTSTRAP:.0%})")
+    if problems:
+        return result | {"status": "not_identified",
+                         "message": f"not identified: {'; '.join(problems)} ({point['message']})"}
 
-    if S < 2 or n_boot < 1:
-        why = "one seed" if S < 2 else "n_boot = 0"
-        result["message"] += f"; no bootstrap intervals ({why})"
-        return result
+    def estimate(est: float | None, col: np.ndarray, log: bool = False) -> dict[str, float | None]:
+        iv = interval_from_draws(est, col, seeds=S, replicates=1, log=log, min_seeds=FIT_MIN_SEEDS)
+        return {"estimate": iv.estimate, "ci_low": iv.ci_low, "ci_high": iv.ci_high}
 
-    rng = np.random.default_rng(seed)
-    draws = np.full((n_boot, M + 2), np.nan)
-    for k in range(n_boot):
-        idx = rng.integers(0, S, size=S)
-        fit = _fit_once(_seed_mean(B[idx]), _seed_mean(q[idx]), _seed_mean(u[idx]), eps, x0=theta)
-        if fit["status"] == "ok":
-            draws[k] = fit["theta"]
-    ok = int(np.isfinite(draws[:, M]).sum())
-    result["message"] += f"; bootstrap: {ok} of {n_boot} resamples of {S} seeds fitted"
-    if ok == 0:
-        return result
-
-    def interval(col: np.ndarray, transform=lambda x: x) -> tuple[float | None, float | None]:
-        col = col[np.isfinite(col)]
-        if col.size == 0:
-            return None, None
-        lo, hi = np.percentile(col, [2.5, 97.5])
-        return _finite_or_none(transform(lo)), _finite_or_none(transform(hi))
-
-    for key, j in (("a", M), ("b", M + 1)):
-        result[key]["ci_low"], result[key]["ci_high"] = interval(draws[:, j])
-    for m, name in enumerate(names):
-        if result["c"][name]["estimate"] is not None:
-            result["c"][name]["ci_low"], result["c"][name]["ci_high"] = interval(draws[:, m], math.exp)
-    return result
+    design = (f"sd of 1 - q_t {point['spread'][0]:.3g} and of u_t {point['spread'][1]:.3g}, "
+              f"condition number {point['condition']:.3g}")
+    with np.errstate(over="ignore"):
+        c = {name: estimate(_exp_or_none(theta[m]), np.exp(draws[:, m]), log=True) for m, name in enumerate(names)}
+    return result | {
+        "status": "identified",
+        "message": f"identified: {point['message']}; {boot_text}; {design}",
+        "a": estimate(_finite_or_none(theta[M]), draws[:, M]),
+        "b": estimate(_finite_or_none(theta[M + 1]), draws[:, M + 1]),
+        "c": c,
+        "r2": _finite_or_none(point["r2"]),
+    }
 
 
 # ------------------------------------------------------------------------------------------------- pieces
@@ -202,8 +294,9 @@ def _seed_mean(x: np.ndarray) -> np.ndarray:
 def _fit_once(Bm: np.ndarray, qm: np.ndarray, um: np.ndarray, eps: float, x0: np.ndarray | None = None) -> dict:
     """One least-squares fit on seed-averaged ``Bm [M, T+1]``, ``qm [T]``, ``um [T]``.
 
-    Returns ``status``, ``message``, ``n_points`` and, when ok, ``theta`` (``[log c_M..., a, b]``, NaN for a
-    classifier without points) and ``r2``.
+    Returns ``status`` (``ok``, ``too_few_points`` or ``failed``), ``message``, ``n_points`` and, when ok,
+    ``theta`` (``[log c_M..., a, b]``, NaN for a classifier without points), ``r2``, ``spread`` (sd of ``1 - q``
+    and of ``u`` over the points) and ``condition`` (of the column-scaled Jacobian at ``theta``).
     """
     from scipy.optimize import least_squares  # heavy import, only when fitting
 
@@ -234,7 +327,7 @@ def _fit_once(Bm: np.ndarray, qm: np.ndarray, um: np.ndarray, eps: float, x0: np
     col = np.searchsorted(present, m_idx)  # parameter column of each point's c_M
     problem = _identifiability(x1, x2, col, present.size)
     if problem:
-        return base | {"status": "failed", "message": f"a and b are not identifiable: {problem}"}
+        return base | {"status": "failed", "message": problem}
 
     P = present.size
     onehot = np.zeros((n, P))
@@ -271,6 +364,9 @@ def _fit_once(Bm: np.ndarray, qm: np.ndarray, um: np.ndarray, eps: float, x0: np
     if z_of(res.x).min() <= 0:
         return base | {"status": "failed", "message": "the fit left the region 1 + a(1-q) + b u > 0"}
 
+    J = jacobian(res.x)
+    J = J / np.maximum(np.linalg.norm(J, axis=0), 1e-300)  # unit-length columns (Belsley, Kuh & Welsch)
+    sv = np.linalg.svd(J, compute_uv=False)
     ss_res = float(np.sum(res.fun**2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     theta = np.full(M + 2, np.nan)
@@ -283,7 +379,26 @@ def _fit_once(Bm: np.ndarray, qm: np.ndarray, um: np.ndarray, eps: float, x0: np
         "message": f"fitted {n} points from {P} classifiers{skipped}{note}",
         "theta": theta,
         "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else None,
+        "spread": (float(x1.std()), float(x2.std())),
+        "condition": float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf,
     }
+
+
+def _design_problems(point: Mapping[str, Any]) -> list[str]:
+    """Why the design of a converged fit cannot pin down ``a`` and ``b`` (empty when it can).
+
+    The spread (standard deviation over the fitted points) of ``1 - q_t`` and of ``u_t`` must reach
+    :data:`FIT_MIN_SPREAD`, and the condition number of the Jacobian at the fit, columns scaled to unit length,
+    must not exceed :data:`FIT_MAX_CONDITION`.
+    """
+    problems = []
+    for name, sd in zip(("1 - q_t", "u_t"), point["spread"], strict=True):
+        if sd < FIT_MIN_SPREAD:
+            problems.append(f"{name} varies too little (sd {sd:.3g} < {FIT_MIN_SPREAD:g})")
+    if not point["condition"] <= FIT_MAX_CONDITION:
+        problems.append(f"the design is ill-conditioned (condition number {point['condition']:.3g} > "
+                        f"{FIT_MAX_CONDITION:g}): a, b and the c_M trade off against each other")
+    return problems
 
 
 def _identifiability(x1: np.ndarray, x2: np.ndarray, col: np.ndarray, P: int) -> str | None:

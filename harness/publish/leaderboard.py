@@ -7,7 +7,8 @@ committed JSON Schema (``leaderboard/schema.json``) and the cross-field consiste
 Schema evolution: a file of an older ``schema_version`` is migrated in memory, one version at a time, by the
 functions in :data:`MIGRATIONS` (``N → N + 1``), then checked as a current file. ``submit`` stores the migrated
 (current) form; ``show``, ``compare`` and ``render`` read old entries through the same migrations. A version with
-no migration path, or newer than this bench, is rejected with the file named.
+no migration path, or newer than this bench, is rejected with the file named. A fit written before bench checked
+that it is identified (status ``ok``/``failed``) is read as ``not_identified`` (:func:`unchecked_fit`).
 
 Nothing here prints: the CLI (``harness/cli/leaderboard.py``) formats what these functions return.
 """
@@ -75,7 +76,7 @@ def migrate(data: dict[str, Any], source: str | Path = "<document>") -> dict[str
     if version > SCHEMA_VERSION:
         raise BenchError(f"{source}: unknown schema_version {version} (this bench reads up to {SCHEMA_VERSION}; "
                          "upgrade bench)")
-    doc = data
+    doc = unchecked_fit(data)
     while version < SCHEMA_VERSION:
         step = MIGRATIONS.get(version)
         if step is None:
@@ -88,6 +89,28 @@ def migrate(data: dict[str, Any], source: str | Path = "<document>") -> dict[str
         version += 1
         doc = {**doc, "schema_version": version}
     return doc
+
+
+def unchecked_fit(doc: dict[str, Any]) -> dict[str, Any]:
+    """Read a fit written before bench checked that the SPEC §5 fit is identified as ``not_identified``.
+
+    Such files call every converged fit ``"ok"`` (and a singular design ``"failed"``), whatever its bootstrap or
+    design said (the reference MNIST study: ``"ok"`` with 305 of 1,000 resamples failing and ``a`` in
+    [-269, -1.6]). Nothing shows such a fit is identified, so it is read as ``not_identified``, its estimates
+    withheld (they stay in the file) and the reason in ``message``. Other documents are returned as they are;
+    the input is not modified.
+    """
+    amplification = doc.get("amplification")
+    fit = amplification.get("fit") if isinstance(amplification, dict) else None
+    if not isinstance(fit, dict) or fit.get("status") not in ("ok", "failed"):
+        return doc
+    none = {"estimate": None, "ci_low": None, "ci_high": None}
+    names = fit.get("c") if isinstance(fit.get("c"), dict) else {}
+    fit = {**fit, "status": "not_identified", "a": dict(none), "b": dict(none), "r2": None,
+           "c": {name: dict(none) for name in names},
+           "message": f"not identified: written as {fit.get('status')!r} before bench checked that a fit is "
+                      f"identified (SPEC §5); estimates withheld ({fit.get('message')})"}
+    return {**doc, "amplification": {**amplification, "fit": fit}}
 
 
 def _loc(parts: Iterable[Any]) -> str:

@@ -322,7 +322,7 @@ def entry_html(entry: Entry, samples: list[tuple[int, str, int]]) -> str:
         fit = amp.fit
         fit_text = (f"a = {_fmt(fit.a.estimate)} [{_fmt(fit.a.ci_low)}, {_fmt(fit.a.ci_high)}], "
                     f"b = {_fmt(fit.b.estimate)} [{_fmt(fit.b.ci_low)}, {_fmt(fit.b.ci_high)}], R² = {_fmt(fit.r2)}, "
-                    f"{fit.n_points} points" if fit.status == "ok" else fit.message)
+                    f"{fit.n_points} points" if fit.status == "identified" else fit.message)
         amp_html = (f'<div class="charts">{line_chart(b_series, title=f"bias B_t = {amp.measure}")}'
                     f'{line_chart(a_series, title="A_t = B_(t+1) / B_t", xlabel="t", hline=1.0)}</div>'
                     f'<table><thead><tr><th>classifier</th><th class="num">A_bar</th><th>undefined A_t</th></tr>'
