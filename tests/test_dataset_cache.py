@@ -222,12 +222,14 @@ def test_folders_listing_and_imagenet_root(tmp_path):
 
 
 def test_stratified_pick():
+    from plugins.datasets._common import stratified_pick
+
     cells = np.repeat(np.arange(4), [10, 20, 30, 40])
-    idx = imf.stratified_pick(cells, 10, np.random.default_rng(0), what="x")
+    idx = stratified_pick(cells, 10, np.random.default_rng(0), what="x")
     assert np.bincount(cells[idx]).tolist() == [1, 2, 3, 4]
-    assert imf.stratified_pick(cells, None, np.random.default_rng(0), what="x").size == 100
+    assert stratified_pick(cells, None, np.random.default_rng(0), what="x").size == 100
     with pytest.raises(ConfigError, match="x=101 exceeds the 100"):
-        imf.stratified_pick(cells, 101, np.random.default_rng(0), what="x")
+        stratified_pick(cells, 101, np.random.default_rng(0), what="x")
 
 
 def test_a_cache_written_meanwhile_by_another_process_is_kept(tmp_path, images):

@@ -132,18 +132,6 @@ def list_class_folders(split_dir: Path, wnids: Sequence[str], *, dataset: str, h
     return files
 
 
-def stratified_pick(cells: np.ndarray, size: int | None, rng: np.random.Generator, *, what: str) -> np.ndarray:
-    """Sorted indices of a ``size``-subset keeping each cell's share (exact quotas), or all indices."""
-    from harness.errors import ConfigError
-    from plugins.datasets.colored_mnist import stratified_subset
-
-    if size is None:
-        return np.arange(cells.size)
-    if size > cells.size:
-        raise ConfigError(f"{what}={size} exceeds the {cells.size} images available")
-    return stratified_subset(cells, size, rng)
-
-
 # --------------------------------------------------------------------------------------------------- decoding
 
 

@@ -50,8 +50,8 @@ from pydantic import Field, model_validator
 from harness.errors import ConfigError, DataError
 from harness.interfaces import Dataset, DatasetBundle
 from harness.interfaces import Options as BaseOptions
-from harness.specs import PAPER_IMAGE_ORACLE
 from plugins.datasets import _imagefolder
+from plugins.datasets._common import IMAGENET_PAPER_DEFAULTS, check_size, stratified_pick
 
 HIERARCHY_URL = "https://raw.githubusercontent.com/MadryLab/BREEDS-Benchmarks/master/imagenet_class_hierarchy/modified"
 HIERARCHY_PAGE = "https://github.com/MadryLab/BREEDS-Benchmarks/tree/master/imagenet_class_hierarchy/modified"
@@ -332,8 +332,7 @@ class Breeds(Dataset):
     """BREEDS superclasses as classes, their subclasses as per-class subgroups (see the module docstring)."""
 
     Options = BreedsOptions
-    paper_defaults: ClassVar[dict[str, Any]] = {"filter": {"keep": 0.4}, "loop": {"generations": 4},
-                                                "metrics": {"oracle": PAPER_IMAGE_ORACLE}}
+    paper_defaults: ClassVar[dict[str, Any]] = IMAGENET_PAPER_DEFAULTS
 
     options: BreedsOptions
 
@@ -390,9 +389,8 @@ class Breeds(Dataset):
     def _subsample(self, split: tuple[list[str], np.ndarray, np.ndarray], size: int | None, stream: int,
                    what: str, per_class: int) -> tuple[list[str], np.ndarray, np.ndarray]:
         paths, labels, groups = split
-        idx = _imagefolder.stratified_pick(labels * per_class + groups, size,
-                                           np.random.default_rng([self.options.seed, stream]),
-                                           what=f"breeds option {what}")
+        idx = stratified_pick(labels * per_class + groups, size, np.random.default_rng([self.options.seed, stream]),
+                              what=f"breeds option {what}")
         return [paths[i] for i in idx], labels[idx], groups[idx]
 
     def load(self) -> DatasetBundle:
@@ -461,8 +459,7 @@ class Breeds(Dataset):
         files = self._files(task)
         n_train, n_test = len(files["train"][0]), len(files["val"][0])
         for what, size, available in (("train_size", o.train_size, n_train), ("test_size", o.test_size, n_test)):
-            if size is not None and size > available:
-                raise ConfigError(f"breeds option {what}={size} exceeds the {available} images available")
+            check_size(size, available, what=f"breeds option {what}")
         ok = "hierarchy md5 ok" if o.verify else "hierarchy not verified"
         return (
             f"BREEDS {o.task} (hierarchy {info_dir}, ImageNet {files['imagenet']}): {len(task.superclasses)} classes × "

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from harness.errors import ConfigError, DataError
+from harness.errors import DataError
 from harness.interfaces import Dataset, DatasetBundle
 from harness.interfaces import Options as BaseOptions
-from harness.specs import PAPER_IMAGE_ORACLE
+from plugins.datasets._common import natural_image_paper_defaults, stratified_pick
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.imageset import ImageSet
@@ -316,8 +316,7 @@ def keep_fractions(fine: np.ndarray, fractions: dict[int, float], rng: np.random
 
 
 class _CIFAR(Dataset):
-    paper_defaults: ClassVar[dict[str, Any]] = {"filter": {"keep": 0.7}, "loop": {"generations": 10},
-                                                "metrics": {"oracle": PAPER_IMAGE_ORACLE}}
+    paper_defaults: ClassVar[dict[str, Any]] = natural_image_paper_defaults(keep=0.7, generations=10)
     dataset_name: ClassVar[str] = "cifar"
 
     options: CIFAROptions
@@ -334,14 +333,8 @@ class _CIFAR(Dataset):
             download_cifar100(root)
         return read_cifar100(root, verify=self.options.verify)
 
-    def _check_size(self, what: str, size: int | None, available: int) -> None:
-        if size is not None and size > available:
-            raise ConfigError(f"{self.dataset_name} option {what}={size} exceeds the {available} images available")
-
     def _split(self, raw: dict[str, Any]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
         """Fine-labelled train/test images after the imbalance and the subsampling."""
-        from plugins.datasets.colored_mnist import stratified_subset
-
         o = self.options
         out, info = {}, {}
         for split, size, stream in (("train", o.train_size, _STREAM_TRAIN_SUBSET),
@@ -352,9 +345,8 @@ class _CIFAR(Dataset):
                 idx, info["imbalance"] = keep_fractions(
                     fine, o.imbalance.fractions(), np.random.default_rng([o.seed, _STREAM_IMBALANCE])
                 )
-            if size is not None:
-                self._check_size(f"{split}_size", size, idx.size)
-                idx = idx[stratified_subset(fine[idx], size, np.random.default_rng([o.seed, stream]))]
+            idx = idx[stratified_pick(fine[idx], size, np.random.default_rng([o.seed, stream]),
+                                      what=f"{self.dataset_name} option {split}_size")]
             out[split] = (images[idx], fine[idx])
         return out, info
 

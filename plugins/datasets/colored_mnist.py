@@ -50,6 +50,7 @@ from harness.errors import ConfigError, DataError
 from harness.interfaces import Dataset, DatasetBundle
 from harness.interfaces import Options as BaseOptions
 from plugins.datasets import _mnist_io
+from plugins.datasets._common import largest_remainder, stratified_subset
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -191,27 +192,6 @@ class ColoredMNISTOptions(BaseOptions):
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-
-
-def largest_remainder(n: int, p: np.ndarray) -> np.ndarray:
-    """Integer counts summing to ``n`` proportional to ``p`` (Hamilton's method; ties go to the lower index)."""
-    p = np.asarray(p, dtype=np.float64)
-    p = p / p.sum()
-    exact = n * p
-    counts = np.floor(exact).astype(np.int64)
-    short = n - int(counts.sum())
-    if short > 0:
-        order = np.argsort(-(exact - counts), kind="stable")
-        counts[order[:short]] += 1
-    return counts
-
-
-def stratified_subset(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of a ``size``-subset whose class proportions follow ``labels``'s (exact quotas)."""
-    classes, freq = np.unique(labels, return_counts=True)
-    quotas = largest_remainder(size, freq)
-    picked = [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c, k in zip(classes, quotas, strict=True)]
-    return np.sort(np.concatenate(picked))
 
 
 def assign_colors(labels: np.ndarray, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from harness.errors import ConfigError, DataError
+from harness.errors import DataError
 from harness.interfaces import Dataset, DatasetBundle
 from harness.interfaces import Options as BaseOptions
-from harness.specs import PAPER_IMAGE_ORACLE
 from plugins.datasets import _imagefolder
+from plugins.datasets._common import IMAGENET_PAPER_DEFAULTS, check_size, stratified_pick
 from plugins.datasets._imagefolder import GRAY
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -222,8 +222,7 @@ class HardImageNet(Dataset):
     """Hard ImageNet: 15 classes, G = 1, three ablation variants of the test set (see the module docstring)."""
 
     Options = HardImageNetOptions
-    paper_defaults: ClassVar[dict[str, Any]] = {"filter": {"keep": 0.4}, "loop": {"generations": 4},
-                                                "metrics": {"oracle": PAPER_IMAGE_ORACLE}}
+    paper_defaults: ClassVar[dict[str, Any]] = IMAGENET_PAPER_DEFAULTS
 
     options: HardImageNetOptions
 
@@ -322,8 +321,8 @@ class HardImageNet(Dataset):
     ) -> tuple[list, np.ndarray]:
         flat = [item for items in per_class for item in items]
         labels = np.repeat(np.arange(len(per_class)), [len(items) for items in per_class])
-        idx = _imagefolder.stratified_pick(labels, size, np.random.default_rng([self.options.seed, stream]),
-                                           what=f"hard-imagenet option {what}")
+        idx = stratified_pick(labels, size, np.random.default_rng([self.options.seed, stream]),
+                              what=f"hard-imagenet option {what}")
         return [flat[i] for i in idx], labels[idx]
 
     # ------------------------------------------------------------------ Dataset API
@@ -397,8 +396,7 @@ class HardImageNet(Dataset):
         n_train = sum(len(v) for v in files["train"])
         n_test = sum(len(v) for v in files["test"])
         for what, size, available in (("train_size", o.train_size, n_train), ("test_size", o.test_size, n_test)):
-            if size is not None and size > available:
-                raise ConfigError(f"hard-imagenet option {what}={size} exceeds the {available} images available")
+            check_size(size, available, what=f"hard-imagenet option {what}")
         return (
             f"Hard ImageNet (ImageNet at {files['imagenet']}, masks at {files['masks']}): "
             f"{o.train_size or n_train} train / {o.test_size or n_test} test images, 15 classes, "
