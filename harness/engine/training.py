@@ -1,14 +1,21 @@
 """The classifier training recipe, owned by the harness so that every entry is trained the same way (SPEC §1).
 
-Images stay uint8 in memory; each batch is indexed, moved to the device, converted to float, resized to the
-network's input size and normalised on the fly. Early stopping keeps the weights of the epoch with the best
-held-out accuracy.
+Images stay uint8; each batch is indexed, converted to float, resized to the network's input size, normalised and
+augmented on the fly. Early stopping keeps the weights of the epoch with the best held-out accuracy.
+
+On CUDA (the GPU fast path, docs/benchmarks.md): a unit's uint8 training set is moved to the GPU once when it fits
+in :data:`DEVICE_DATA_FRACTION` of the free GPU memory, and batches are gathered, converted and augmented there;
+``precision: auto`` is bf16 autocast (fp16 with a gradient scaler on GPUs without bf16); models and batches are
+channels_last; the training loop never waits for the GPU inside an epoch (losses are not read per batch; the
+held-out accuracy is read once per epoch); ``BENCH_COMPILE=1`` compiles the model with :func:`torch.compile`.
+On the CPU ``auto`` is fp32, and the batch order and arithmetic are the same as without the fast path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -18,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.imageset import ImageSet
+from harness.imageset import CHUNK_ROWS, ImageSet, LazyImages
 from harness.interfaces import Classifier, Runtime
 from harness.specs import TrainingSpec
 
@@ -34,18 +41,47 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """``auto``: bf16 where the hardware computes it natively, else fp16 on older GPUs and fp32 on CPUs.
+    """``auto``: bf16 on GPUs that compute it natively, fp16 on older GPUs, fp32 everywhere else.
 
-    CPUs without AVX-512-BF16 or AMX emulate bf16 and run it several times *slower* than fp32 (measured here on an
-    AVX2 EPYC: DDPM training 12× slower), so ``auto`` only picks bf16 on CPUs that have it.
+    Never bf16 on a CPU unless asked for: CPUs without AVX-512-BF16 or AMX emulate it and run 8–25× *slower* than
+    fp32 (measured on an AVX2 EPYC: DDPM training 12× slower), and a CPU default that depended on the CPU model
+    would give different numbers for the same spec on two machines. ``--precision bf16`` still uses it.
     """
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
-        return "bf16"
     return "fp32"
+
+
+#: Share of the free GPU memory a unit's uint8 training set may occupy on the GPU (the rest: weights, optimiser
+#: state, activations). A set that does not fit stays in host memory and is copied batch by batch.
+DEVICE_DATA_FRACTION = 0.25
+
+#: ``BENCH_COMPILE=1``: compile classifier models (and the dcgan networks) with ``torch.compile`` (off by default:
+#: the compilation, tens of seconds per model, does not pay for the short units of most runs; docs/benchmarks.md).
+ENV_COMPILE = "BENCH_COMPILE"
+
+
+def compile_enabled() -> bool:
+    return os.environ.get(ENV_COMPILE, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def device_images(images: torch.Tensor | LazyImages, device: str | torch.device) -> torch.Tensor | None:
+    """``images`` (uint8) copied to a CUDA ``device`` when they fit in :data:`DEVICE_DATA_FRACTION` of its free
+    memory, else None (also on any other device: batches are then gathered in host memory)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    if images.nbytes > DEVICE_DATA_FRACTION * free:
+        return None
+    if isinstance(images, torch.Tensor):
+        return images.to(device)
+    out = torch.empty(tuple(images.shape), dtype=torch.uint8, device=device)
+    for start, chunk in zip(range(0, len(images), CHUNK_ROWS), images.chunks(CHUNK_ROWS)):
+        out[start : start + chunk.shape[0]] = chunk.to(device)
+    return out
 
 
 def autocast(device: str, precision: str):
@@ -76,23 +112,32 @@ class Preprocess:
         return x.contiguous(memory_format=torch.channels_last)
 
 
+def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """A small CPU tensor on ``dev``; to a GPU through pinned memory, so the copy does not wait for the GPU."""
+    return t if dev.type == "cpu" else t.pin_memory().to(dev, non_blocking=True)
+
+
 def augment(images: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Vectorised uint8 augmentation: horizontal flip and/or random crop with 4-px reflection padding."""
+    """Vectorised uint8 augmentation: horizontal flip and/or random crop with 4-px reflection padding, on the
+    images' device; the random offsets and flips come from ``generator`` (a CPU generator: the same draws on every
+    device)."""
     if mode == "none":
         return images
     n, c, h, w = images.shape
+    dev = images.device
     if "crop" in mode:
         pad = 4
         padded = F.pad(images.float(), (pad, pad, pad, pad), mode="reflect").to(torch.uint8)
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        rows = (oy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, c, h, w)
-        cols = (ox[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, c, h, w)
+        oy = _to_device(torch.randint(0, 2 * pad + 1, (n,), generator=generator), dev)
+        ox = _to_device(torch.randint(0, 2 * pad + 1, (n,), generator=generator), dev)
+        rows = (oy[:, None] + torch.arange(h, device=dev)[None, :])[:, None, :, None].expand(n, c, h, w)
+        cols = (ox[:, None] + torch.arange(w, device=dev)[None, :])[:, None, None, :].expand(n, c, h, w)
         images = padded[
-            torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols
+            torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+            rows, cols,
         ]
     if "flip" in mode:
-        flip = torch.rand(n, generator=generator) < 0.5
+        flip = _to_device(torch.rand(n, generator=generator) < 0.5, dev)
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
     return images
 
@@ -120,9 +165,9 @@ class TrainedClassifier:
         outs = []
         with torch.no_grad(), autocast(self.prep.device, self.precision):
             for start in range(0, images.shape[0], self.batch_size):
-                outs.append(self.model(self.prep(images[start : start + self.batch_size])).float().cpu())
+                outs.append(self.model(self.prep(images[start : start + self.batch_size])).float())
         self.model.eval()
-        return torch.cat(outs) if outs else torch.empty(0, 0)
+        return torch.cat(outs).cpu() if outs else torch.empty(0, 0)  # one copy to the host, not one per batch
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[0] == 0:
@@ -166,10 +211,11 @@ def batches(index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield index[start : start + batch_size]
 
 
-def accuracy(clf: TrainedClassifier, data: ImageSet) -> float:
+def accuracy(clf: TrainedClassifier, data: ImageSet, images: torch.Tensor | None = None) -> float:
+    """Top-1 accuracy on ``data`` (``images``: the same images already on the device)."""
     if len(data) == 0:
         return 0.0
-    return (clf.predict(data.images) == data.labels).float().mean().item()
+    return (clf.predict(data.images if images is None else images) == data.labels).float().mean().item()
 
 
 def train_classifier(
@@ -192,8 +238,16 @@ def train_classifier(
         train_idx = torch.arange(len(data))
     epochs = max_epochs or recipe.max_epochs
     patience = patience or recipe.patience
+    dev = torch.device(clf.prep.device)
+    # The GPU fast path: the uint8 images (and the held-out ones) on the GPU once, batches gathered there.
+    images = device_images(data.images, dev)
+    val_images = device_images(val.images, dev) if images is not None else None
+    where = dev if images is not None else torch.device("cpu")
+    images = data.images if images is None else images
+    labels = data.labels.to(where)
+    net = torch.compile(clf.model) if compile_enabled() else clf.model
     opt = _optimizer(clf.model.parameters(), recipe)
-    scaler = torch.amp.GradScaler(torch.device(clf.prep.device).type, enabled=clf.precision == "fp16")
+    scaler = torch.amp.GradScaler(dev.type, enabled=clf.precision == "fp16")
     loss_fn = nn.CrossEntropyLoss()
     best_acc, best_epoch, best_state, bad = -1.0, 0, None, 0
     seen, t0 = 0, time.perf_counter()
@@ -203,20 +257,22 @@ def train_classifier(
         for epoch in range(1, epochs + 1):
             clf.model.train()
             t_epoch = time.perf_counter()
-            order = train_idx[torch.randperm(train_idx.numel(), generator=gen)]
-            for idx in batches(order, recipe.batch_size):
-                x = augment(data.images[idx], recipe.augment, gen)
-                y = data.labels[idx].to(clf.prep.device, non_blocking=True)
+            order = _to_device(train_idx[torch.randperm(train_idx.numel(), generator=gen)], where)
+            for idx in batches(order, recipe.batch_size):  # nothing in this loop waits for the GPU
+                x = augment(images[idx], recipe.augment, gen)
+                y = labels[idx].to(dev, non_blocking=True)
                 with autocast(clf.prep.device, clf.precision):
-                    loss = loss_fn(clf.model(clf.prep(x)).float(), y)
+                    loss = loss_fn(net(clf.prep(x)).float(), y)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 seen += idx.numel()
                 task.advance(1)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)  # the epoch's time includes its queued GPU work
             train_seconds += time.perf_counter() - t_epoch
-            acc = accuracy(clf, val)
+            acc = accuracy(clf, val, val_images)
             if acc > best_acc:
                 best_acc, best_epoch, bad = acc, epoch, 0
                 best_state = copy.deepcopy(clf.model.state_dict())

@@ -19,7 +19,9 @@ Sizes: ``image_size = s0 · 2^n`` with ``s0 = 7`` (28, 56 px) or ``4`` (32, 64 p
 
 The fakes are conditioned on the real batch's labels, so G trains on the data's class distribution (which
 matters for the study), never a uniform one. The data stay uint8 and each batch is converted to ``[-1, 1]`` on
-the fly (one ``randperm`` per epoch, no DataLoader).
+the fly (one ``randperm`` per epoch, no DataLoader). On a GPU the uint8 set is moved there once per unit when it
+fits (:func:`harness.engine.training.device_images`), the losses are read once per epoch (no per-step host
+synchronisation) and samples are drawn in batches of 8,192.
 
 Precision: autocast with ``runtime.autocast_dtype`` (obeyed as given). On a CPU without native bf16 (AVX2 only)
 bf16 is emulated and 8–13× slower here: run such machines in fp32 (docs/generators.md).
@@ -37,10 +39,13 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
+from harness.engine.training import device_images
 from harness.interfaces import Generator, Options, Runtime
 from harness.imageset import ImageSet, from_unit_float
 
 _SAMPLE_BATCH = 512
+#: On a GPU: larger batches, the images kept on the GPU until the end (one copy to the host).
+_SAMPLE_BATCH_GPU = 8192
 
 
 def _stages(image_size: int) -> tuple[int, int]:
@@ -304,6 +309,22 @@ class DCGAN(Generator):
             counts = torch.bincount(labels, minlength=self.num_classes)
             starts = torch.cumsum(counts, 0) - counts
             m = bs // k
+
+        def draw(perm: torch.Tensor, i: int) -> torch.Tensor:
+            """The indices of batch ``i`` of an epoch, drawn on the CPU."""
+            if not k:
+                return perm[i * bs : (i + 1) * bs]
+            a = perm[i * m : (i + 1) * m]
+            ya = labels[a]
+            r = (torch.rand(k - 1, m) * counts[ya]).long()
+            return torch.cat([a[None], order[starts[ya] + r]]).flatten()
+
+        # The GPU fast path: the uint8 set on the GPU once when it fits, batches gathered there, an epoch's indices
+        # drawn at once and copied in one go (on a GPU nothing else in the loop draws from the CPU generator, so
+        # the batches are the same as when drawn step by step, which the CPU does between its noise draws).
+        gpu_images = device_images(images, self.device)
+        if gpu_images is not None:
+            images, gpu_labels = gpu_images, labels.to(self.device)
         G, D = self.G, self.D
         G.train()
         D.train()
@@ -323,17 +344,20 @@ class DCGAN(Generator):
         with self.runtime.reporter.task("dcgan: train", total=o.epochs * steps_per_epoch) as task:
             for _ in range(o.epochs):
                 perm = torch.randperm(n)
-                ep_d = ep_g = 0.0
+                # Losses summed on the device in float64 (the same sums as Python floats): read once per epoch.
+                ep_d = torch.zeros((), dtype=torch.float64, device=self.device)
+                ep_g = torch.zeros((), dtype=torch.float64, device=self.device)
+                if gpu_images is not None:
+                    epoch_idx = torch.stack([draw(perm, i) for i in range(steps_per_epoch)]).pin_memory()
+                    epoch_idx = epoch_idx.to(self.device, non_blocking=True)
                 for i in range(steps_per_epoch):
-                    if k:
-                        a = perm[i * m : (i + 1) * m]
-                        ya = labels[a]
-                        r = (torch.rand(k - 1, m) * counts[ya]).long()
-                        idx = torch.cat([a[None], order[starts[ya] + r]]).flatten()
+                    if gpu_images is not None:
+                        idx = epoch_idx[i]
+                        y = gpu_labels[idx]
                     else:
-                        idx = perm[i * bs : (i + 1) * bs]
+                        idx = draw(perm, i)
+                        y = labels[idx].to(self.device)
                     x = self._to_input(images[idx])
-                    y = labels[idx].to(self.device)
                     b = len(idx)
                     z = torch.randn(b, o.z_dim, device=self.device)
                     # Mode seeking pairs fake i with fake i + b/2 under the same label: the first half's labels
@@ -377,10 +401,11 @@ class DCGAN(Generator):
                         decay = min(o.ema_decay, (1.0 + step) / (10.0 + step))
                         with torch.no_grad():
                             torch._foreach_lerp_(ema_params, [p.detach() for p in g_params], 1.0 - decay)
-                    ep_d += loss_d.item()
-                    ep_g += loss_g.item()
+                    ep_d += loss_d.detach().double()
+                    ep_g += loss_g.detach().double()
                     seen += len(idx)
                     task.advance(1)
+                ep_d, ep_g = ep_d.item(), ep_g.item()
                 last_d, last_g = ep_d / steps_per_epoch, ep_g / steps_per_epoch
                 sum_d += ep_d
                 sum_g += ep_g
@@ -426,14 +451,16 @@ class DCGAN(Generator):
         G = self.G_ema if self.G_ema is not None else self.G
         G.eval()
         labels = self.check_labels(labels)
-        out = torch.empty(len(labels), self.channels, self.image_size, self.image_size, dtype=torch.uint8)
-        for start in range(0, len(labels), _SAMPLE_BATCH):
-            y = labels[start : start + _SAMPLE_BATCH].to(self.device)
+        batch = _SAMPLE_BATCH if self.device.type == "cpu" else _SAMPLE_BATCH_GPU
+        out = torch.empty(len(labels), self.channels, self.image_size, self.image_size, dtype=torch.uint8,
+                          device=self.device)
+        for start in range(0, len(labels), batch):
+            y = labels[start : start + batch].to(self.device)
             z = torch.randn(len(y), self.options.z_dim, device=self.device)
             with self.runtime.autocast():
                 x = G(z, y)
-            out[start : start + len(y)] = from_unit_float(x).cpu()
-        return out
+            out[start : start + len(y)] = from_unit_float(x)
+        return out.cpu()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"G.{k}": v.detach().cpu().contiguous() for k, v in self.G.state_dict().items()}
