@@ -37,32 +37,48 @@ class _RichTask:
         self._progress.advance(self._id, n)
 
 
+def rich_progress(console: Any = None, *, transient: bool = False) -> Any:
+    """bench's bars (spinner, description, bar, done/total, time elapsed and left) on ``console`` (stderr by
+    default): a :class:`rich.progress.Progress`, not yet started."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+        transient=transient,
+    )
+
+
+@contextlib.contextmanager
+def progress_task(progress: Any, description: str, total: int | None) -> Iterator[_RichTask]:
+    """A bar of ``progress`` for the length of the block (``.advance(n)``), removed when the block ends."""
+    task_id = progress.add_task(description, total=total)
+    try:
+        yield _RichTask(progress, task_id)
+    finally:
+        progress.remove_task(task_id)
+
+
 class RichReporter:
     """Nested rich progress bars on stderr: one for the run's generations, one per stage, one per step loop."""
 
     def __init__(self, total_generations: int, *, console: Any = None, transient: bool = False):
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.console = console or Console(stderr=True)
-        self.progress = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=transient,
-        )
+        self.progress = rich_progress(console, transient=transient)
+        self.console = self.progress.console
         self._total = total_generations
         self._gen: Any = None
 
@@ -76,14 +92,9 @@ class RichReporter:
         self._start()
         self.progress.advance(self._gen, n)
 
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[_RichTask]:
+    def task(self, description: str, total: int | None) -> contextlib.AbstractContextManager[_RichTask]:
         self._start()
-        task_id = self.progress.add_task(f"  {description}", total=total)
-        try:
-            yield _RichTask(self.progress, task_id)
-        finally:
-            self.progress.remove_task(task_id)
+        return progress_task(self.progress, f"  {description}", total)
 
     def stage(self, description: str) -> contextlib.AbstractContextManager:
         return self.task(description, None)

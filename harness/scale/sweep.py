@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.engine.progress import NullReporter, progress_task, rich_progress
 from harness.errors import BenchError, ConfigError
 from harness.specs import RunSpec, build_spec, deep_merge, load_config_file, resolve_spec
 
@@ -303,8 +304,6 @@ class NullSweepReporter:
 
     @contextlib.contextmanager
     def run(self, run: SweepRun) -> Iterator[Any]:
-        from harness.engine.progress import NullReporter
-
         yield NullReporter()
 
     def close(self) -> None:
@@ -322,19 +321,8 @@ class _RunReporter:
         progress.advance(self._task, n)
         progress.advance(self._owner.total_task, n)
 
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[Any]:
-        progress = self._owner.progress
-        task_id = progress.add_task(f"    {description}", total=total)
-
-        class _Task:
-            def advance(self, n: int = 1) -> None:
-                progress.advance(task_id, n)
-
-        try:
-            yield _Task()
-        finally:
-            progress.remove_task(task_id)
+    def task(self, description: str, total: int | None) -> contextlib.AbstractContextManager:
+        return progress_task(self._owner.progress, f"    {description}", total)
 
     def stage(self, description: str) -> contextlib.AbstractContextManager:
         return self.task(description, None)
@@ -347,22 +335,8 @@ class SweepReporter:
     """Rich progress on stderr: one bar for the whole sweep (generation blocks of all runs), one per run."""
 
     def __init__(self, runs: Sequence[SweepRun], *, console: Any = None):
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.console = console or Console(stderr=True)
-        self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
-        )
+        self.progress = rich_progress(console)
+        self.console = self.progress.console
         self._runs = list(runs)
         self._lock = threading.Lock()
         self.total_task: Any = None
