@@ -211,3 +211,10 @@ def test_variance_components_need_two_seeds_and_a_replicate():
         variance_components(np.array([[1.0], [2.0], [3.0]]))
     with pytest.raises(ValueError, match="seeds, replicates"):
         variance_components(np.zeros((2, 2, 2)))
+
+
+def test_one_seed_never_gets_an_expanded_interval():
+    x = np.array([[0.1, 0.2, 0.3]])
+    assert hierarchical_bootstrap(x, min_seeds=1).note == "no interval: 1 seed (needs ≥ 2)"
+    plain = hierarchical_bootstrap(x, min_seeds=1, method="percentile")  # replicates alone: allowed if asked
+    assert plain.ci_low is not None and plain.ci_low < 0.2 < plain.ci_high
