@@ -25,6 +25,20 @@ HARNESS = REPO / "harness"
 FACADE = "harness"
 LOOP_MAX_LINES = 250
 
+#: The rooms of docs/architecture.md, top to bottom (module-name prefixes): a module imports only from its own row
+#: or rows below it.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("harness.cli", "harness.api", "harness.scale.sweep"),
+    ("harness.loop",),
+    ("harness.scale.executor", "harness.publish"),
+    ("harness.engine",),
+    ("harness.measure",),
+    ("harness.specs", "harness.hookspecs", "harness.interfaces", "harness.imageset", "harness.errors",
+     "harness.plugin"),
+)
+#: Upward imports the page names: the run directory's file I/O, used for image shards and FID's feature cache.
+UPWARD = {("harness.imageset", "harness.engine.rundir"), ("harness.measure.fid", "harness.engine.rundir")}
+
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(REPO).with_suffix("").parts
@@ -120,6 +134,13 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def layer(name: str) -> int:
+    for i, prefixes in enumerate(LAYERS):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return i
+    raise AssertionError(f"{name} is in no room of docs/architecture.md; add it to LAYERS and to the page")
+
+
 def describe(component: list[str], g: dict[str, set[str]]) -> str:
     inside = set(component)
     return "; ".join(f"{m} -> {', '.join(sorted(g[m] & inside))}" for m in component)
@@ -142,6 +163,30 @@ def test_no_import_cycle_among_harness_modules():
     g = graph()
     found = cycles(g)
     assert not found, "import cycles: " + " | ".join(describe(c, g) for c in found)
+
+
+def test_imports_point_down_the_rooms():
+    g = graph()
+    up = sorted(f"{m} -> {d}" for m in g for d in g[m] if layer(d) < layer(m) and (m, d) not in UPWARD)
+    assert not up, "imports against the rooms of docs/architecture.md: " + ", ".join(up)
+
+
+def test_the_architecture_page_names_every_module():
+    page = (REPO / "docs" / "architecture.md").read_text()
+    tree = page[page.index("## The tree"):page.index("## The rooms")]
+    missing = [str(p.relative_to(REPO)) for p in sorted([*HARNESS.rglob("*.py"), *(REPO / "plugins").rglob("*.py")])
+               if p.name != "__init__.py" and p.name not in tree]
+    assert not missing, f"docs/architecture.md's tree misses {missing}"
+
+
+def test_no_other_distribution_installs_our_top_level_names():
+    """We keep the generic import names ``harness`` and ``plugins`` (docs/architecture.md): say so when another
+    installed distribution provides one of them too and would overwrite our files."""
+    import importlib.metadata as md
+
+    owners = md.packages_distributions()
+    for name in ("harness", "plugins"):
+        assert set(owners.get(name, [])) == {"bench-bias-loops"}, f"{name!r} is also installed by {owners[name]}"
 
 
 def test_harness_never_imports_a_plugin():
