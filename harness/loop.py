@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.engine.plan import RESULT, Unit, generation_blocks, plan, unit
-from harness.engine.progress import NullReporter
+from harness.engine.progress import RunLog
 from harness.engine.rundir import read_json, write_json
 from harness.engine.stages import RunContext
 from harness.errors import RunDirError
@@ -40,7 +40,7 @@ def prepare_run_dir(spec: RunSpec) -> Path:
 
 def run(spec: RunSpec, plugins: Any, *, reporter: Any = None, executor: Any = None) -> Any:
     """Run (or resume) the whole plan, then write and return ``results.json`` (:class:`harness.publish.results.Results`)."""
-    reporter = reporter or NullReporter()
+    reporter = RunLog(spec, reporter)  # log lines (logger `bench`, RUN_DIR/run.log) around the caller's bars
     ctx = RunContext(spec, spec.run_dir, plugins, reporter)
     _ = ctx.data  # load (and verify) the dataset first: missing data fails before any work or progress
     for kind, pspec in (("generators", spec.generator), ("filters", spec.filter)):
@@ -58,6 +58,7 @@ def run(spec: RunSpec, plugins: Any, *, reporter: Any = None, executor: Any = No
     t_start = time.perf_counter()
 
     def on_done(u: Unit) -> None:
+        reporter.unit_done(u)
         if u.seed is None:
             return
         block = remaining[(u.seed, u.generation)]
@@ -68,11 +69,14 @@ def run(spec: RunSpec, plugins: Any, *, reporter: Any = None, executor: Any = No
             hook.on_generation_end(spec=spec, seed=u.seed, generation=u.generation, record=record, run_dir=run_dir)
 
     executor = executor or LocalExecutor()
+    reporter.begin()
     try:
         executor.run(ctx, units, on_done)
     except BaseException:
         write_results(run_dir, collect_results(ctx, elapsed=time.perf_counter() - t_start))
         raise
+    finally:
+        reporter.end()
     results = collect_results(ctx, elapsed=time.perf_counter() - t_start)
     write_results(run_dir, results)
     hook.on_run_end(spec=spec, results=results, run_dir=run_dir)

@@ -122,7 +122,7 @@ def _register_plugin_commands() -> None:
                 command.callback = user_errors(command.callback)
 
 
-COMMANDS = ("run", "list", "plugins", "data", "report", "leaderboard", "sweep")
+COMMANDS = ("run", "status", "list", "plugins", "data", "report", "leaderboard", "sweep")
 _register_commands()
 _register_plugin_commands()
 

@@ -281,19 +281,54 @@ def samples_figure(run_dir: Path, path: Path, seed: int = 0, title: str | None =
 # --------------------------------------------------------------------------------------------------- the report
 
 
-def write_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
-    """Write the run's figures (PNG) into ``out_dir`` (default ``RUN_DIR/report``); return their paths.
+def run_results(run_dir: Path, *, data_root: Path | None = None, plugins: Any = None) -> Any:
+    """The results of a run directory: ``results.json`` when it holds a complete run; otherwise (a run in
+    progress, or one that stopped) collected afresh from the units finished so far, as a ``partial`` result.
 
-    Reads ``RUN_DIR/results.json`` (complete or partial) and, for the sample grid, the stored samples of seed 0.
-    A figure whose data does not exist yet (no generation finished, no amplification, no samples) is skipped.
+    Collecting reads the dataset's description (class and subgroup names), so it needs the data where the run
+    found it: ``data_root`` as given to ``bench run``.
+
+    :raises BenchError: not a run directory, or the dataset cannot be read.
     """
-    from harness.publish.results import load_results
+    from harness.engine.plan import plan
+    from harness.engine.progress import read_spec, unit_time
+    from harness.engine.stages import RunContext
+    from harness.errors import DataError
+    from harness.plugin.manager import default_plugins
+    from harness.publish.results import collect_results, load_results
 
     run_dir = Path(run_dir)
     path = run_dir / "results.json"
-    if not path.exists():
-        raise BenchError(f"{run_dir}: no results.json (is this a run directory? `bench run` writes it)")
-    results = load_results(path)
+    if path.exists():
+        results = load_results(path)
+        if results.status == "complete":
+            return results
+    elif not (run_dir / "spec.json").exists():
+        raise BenchError(f"{run_dir}: no results.json or spec.json (is this a run directory? `bench run` prints "
+                         "the path of its results.json)")
+    spec = read_spec(run_dir)
+    if data_root is not None:
+        spec = spec.model_copy(update={"data_root": Path(data_root)})
+    ctx = RunContext(spec, run_dir, plugins or default_plugins())
+    try:
+        _ = ctx.data
+    except DataError as exc:
+        raise DataError(f"{exc} (a partial report reads the dataset's description: pass --data-root as given to "
+                        "bench run)") from None
+    worked = sum(t.seconds for u in plan(spec) if (t := unit_time(run_dir, u)) is not None)
+    return collect_results(ctx, elapsed=worked)  # the work done so far stands for the (unknown) wall time
+
+
+def write_report(run_dir: Path, out_dir: Path | None = None, *, data_root: Path | None = None,
+                 plugins: Any = None) -> list[Path]:
+    """Write the run's figures (PNG) into ``out_dir`` (default ``RUN_DIR/report``); return their paths.
+
+    Draws what exists: the results of :func:`run_results` (complete, or partial while a run is in progress) and,
+    for the sample grid, the stored samples of the first seed. A figure whose data does not exist yet (no
+    generation finished, no amplification, no samples) is skipped.
+    """
+    run_dir = Path(run_dir)
+    results = run_results(run_dir, data_root=data_root, plugins=plugins)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     written: list[Path] = []
     if results.generations:
