@@ -73,6 +73,10 @@ def run(
     set: list[str] = typer.Option([], "--set", help="Any spec field, KEY.PATH=VALUE (repeatable)."),
     executor: str = typer.Option("local", "--executor", help="Where work units run: local (default) or ray."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="An existing Ray cluster (with --executor ray)."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="torch intra-op threads per unit [a Ray task's CPUs, else OMP_NUM_THREADS, else "
+        "the CPUs this process may use].",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved spec and the plan; run nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
 ) -> None:
@@ -112,7 +116,7 @@ def run(
     from harness.scale.executor import create_executor
     from harness.engine.progress import NullReporter, RichReporter
 
-    runner = create_executor(executor, ray_address=ray_address)
+    runner = create_executor(executor, ray_address=ray_address, torch_threads=threads)
 
     for failed in plugins.failed:
         console.print(f"[yellow]warning:[/] plugin {failed.name} ({failed.distribution}) failed to import: "

@@ -442,6 +442,7 @@ def execute(ctx: RunContext, u: Unit) -> dict[str, Any]:
         result = STAGE_FUNCS[u.stage](ctx, u, out)
     seconds = time.perf_counter() - t0
     images = result.pop("_images", 0)
-    result["timing"] = {"seconds": seconds, "images": images, "images_per_s": images / seconds if seconds else None}
+    result["timing"] = {"seconds": seconds, "images": images, "images_per_s": images / seconds if seconds else None,
+                        "threads": torch.get_num_threads()}
     write_json(out / RESULT, result)
     return result

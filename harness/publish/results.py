@@ -184,6 +184,12 @@ class Provenance(Model):
         default_factory=dict, description="What each classifier plugin built (input handling, weights)."
     )
     filter: dict[str, Any] = Field(default_factory=dict, description="What the filter used (e.g. weights).")
+    torch_threads: list[int] = Field(
+        default_factory=list,
+        description="The torch intra-op thread counts the finished units ran with, distinct and sorted (one value "
+        "unless units ran under different counts, e.g. a resumed run or Ray tasks of different sizes); empty in "
+        "results written before it was recorded.",
+    )
 
 
 class DatasetInfo(Model):
@@ -312,7 +318,23 @@ def provenance(ctx: Any, oracle: dict[str, Any] | None) -> Provenance:
         dataset_source=dict(ctx.data.source),
         fid=None,
         oracle=oracle,
+        torch_threads=unit_threads(ctx),
     )
+
+
+def unit_threads(ctx: Any) -> list[int]:
+    """The distinct torch thread counts recorded in the finished units' ``timing`` (sorted)."""
+    from harness.engine.plan import RESULT, plan
+    from harness.engine.rundir import read_json
+
+    counts = set()
+    for u in plan(ctx.spec):
+        path = u.directory(ctx.run_dir) / RESULT
+        if path.exists():
+            threads = read_json(path).get("timing", {}).get("threads")
+            if threads is not None:
+                counts.add(int(threads))
+    return sorted(counts)
 
 
 def _train_stats(train: dict[str, Any]) -> dict[str, Any]:

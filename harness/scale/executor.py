@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness.engine import threads
 from harness.engine.plan import STAGES, Unit
 from harness.engine.stages import RunContext, execute
 
@@ -27,32 +28,47 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Sequential, in-process. Finished units (``result.json`` present) are skipped, which is how a run resumes."""
+    """Sequential, in-process. Finished units (``result.json`` present) are skipped, which is how a run resumes.
+
+    Units run with the torch intra-op thread count of :func:`harness.engine.threads.choose_threads`
+    (``torch_threads`` when given, else ``OMP_NUM_THREADS``, else the CPUs this process may use); the process's
+    previous count is restored afterwards.
+    """
 
     name = "local"
 
+    def __init__(self, torch_threads: int | None = None):
+        self.torch_threads = torch_threads
+
     def run(self, ctx: RunContext, units: Sequence[Unit], on_done: Callable[[Unit], None]) -> None:
         done: set[str] = set()
-        for u in units:
-            missing = [d for d in u.deps if d not in done]
-            if missing:
-                raise RuntimeError(f"unit {u.key} is planned before its dependencies {missing}")
-            execute(ctx, u)
-            done.add(u.key)
-            on_done(u)
+        with threads.torch_threads(threads.choose_threads(self.torch_threads).count):
+            for u in units:
+                missing = [d for d in u.deps if d not in done]
+                if missing:
+                    raise RuntimeError(f"unit {u.key} is planned before its dependencies {missing}")
+                execute(ctx, u)
+                done.add(u.key)
+                on_done(u)
 
 
 EXECUTORS: dict[str, Callable[..., Any]] = {"local": LocalExecutor}
 
 
-def create_executor(name: str, **options: Any) -> Executor:
-    """``local`` or ``ray`` (options: ``ray_address``); an unknown name is a :class:`ConfigError`."""
+def create_executor(name: str, *, torch_threads: int | None = None, **options: Any) -> Executor:
+    """``local`` or ``ray`` (options: ``ray_address``, ...); ``torch_threads``: ``bench run --threads``, for every
+    unit (None: chosen per process or task, :mod:`harness.engine.threads`). An unknown name is a
+    :class:`ConfigError`."""
     from harness.errors import ConfigError
 
+    if torch_threads is not None and torch_threads < 1:
+        raise ConfigError(f"--threads must be a positive integer, got {torch_threads}")
     if name == "local":
-        return LocalExecutor()
+        return LocalExecutor(torch_threads=torch_threads)
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}; choose from: {', '.join(sorted(EXECUTORS))}")
+    if torch_threads is not None:
+        options["torch_threads"] = torch_threads
     return EXECUTORS[name](**options)
 
 
@@ -206,13 +222,12 @@ def execute_remote(
 
     from harness.errors import BenchError
 
-    if torch_threads:
-        import torch
-
-        torch.set_num_threads(torch_threads)
+    reserved = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    choice = threads.choose_threads(torch_threads or None, reserved_cpus=float(reserved or 0))
     try:
         device = _worker_device(json.loads(spec_json).get("device", "auto"), unit.stage, ray.get_gpu_ids())
-        execute(worker_context(spec_json, spec_hash, run_dir, recipe, device), unit)
+        with threads.torch_threads(choice.count):
+            execute(worker_context(spec_json, spec_hash, run_dir, recipe, device), unit)
     except BenchError as exc:
         try:
             pickle.loads(pickle.dumps(exc))
@@ -238,12 +253,15 @@ class RayExecutor:
     and the driver must see at the same path. ``on_done`` is called in the driver as units finish (a unit always
     after its dependencies). Resources per unit: ``cpus_per_unit`` CPUs, and ``gpus_per_unit`` GPUs for the
     stages in :data:`GPU_STAGES` when the run uses CUDA (``device`` cuda, or auto on a cluster with GPUs);
-    ``stage_resources`` overrides both per stage, e.g. ``{"classifier": {"num_gpus": 0.5}}``. A task that fails
+    ``stage_resources`` overrides both per stage (``"classifier"``) or per named unit (``"classifier:lenet"``,
+    which wins over its stage), e.g. ``{"classifier:lenet": {"num_gpus": 0.25}}``: a fractional GPU lets Ray run
+    several small units (LeNet-sized classifiers, the seeds' replicates) on one GPU at once. A task that fails
     (an exception other than :class:`BenchError`, or a dead worker) is retried up to ``max_retries`` times.
 
-    On the CPU a unit's numbers depend on torch's intra-op thread count (floating-point sums split differently),
-    so they equal the ``local`` executor's where both use the same count: Ray gives a task ``floor(num_cpus)``
-    threads unless ``torch_threads`` says otherwise.
+    Each task runs with ``torch_threads`` torch intra-op threads when given (``bench run --threads``), else with
+    the CPUs it reserved (``floor(num_cpus)``, at least 1; :mod:`harness.engine.threads`). On the CPU a unit's
+    numbers depend on that count (floating-point sums split differently), so they equal the ``local`` executor's
+    where both use the same count.
 
     ``run`` may be called from several threads at once (a sweep): the tasks of all runs share the cluster and
     ``on_done`` callbacks are serialised.
@@ -270,9 +288,13 @@ class RayExecutor:
         from harness.errors import ConfigError
 
         self._ray = _import_ray()
-        unknown = set(stage_resources or {}) - set(STAGES)
+        unknown = {k for k in stage_resources or {} if k.partition(":")[0] not in STAGES or k.endswith(":")}
         if unknown:
-            raise ConfigError(f"stage_resources: unknown stages {sorted(unknown)}; stages are {', '.join(STAGES)}")
+            raise ConfigError(f"stage_resources: unknown stages {sorted(unknown)}; keys are a stage or STAGE:NAME "
+                              f"(a classifier's name), stages are {', '.join(STAGES)}")
+        for key, res in (stage_resources or {}).items():
+            if any(not isinstance(v, int | float) or v < 0 for v in res.values()):
+                raise ConfigError(f"stage_resources.{key}: resources must be numbers >= 0, got {dict(res)}")
         if cpus_per_unit < 0 or gpus_per_unit < 0 or max_retries < 0 or (torch_threads or 0) < 0:
             raise ConfigError("cpus_per_unit, gpus_per_unit, max_retries and torch_threads must be >= 0")
         self.ray_address = ray_address
@@ -363,6 +385,10 @@ class RayExecutor:
             "num_gpus": self.gpus_per_unit if gpu and u.stage in GPU_STAGES else 0,
         }
         options.update(self.stage_resources.get(u.stage, {}))
+        if u.name is not None:
+            options.update(self.stage_resources.get(f"{u.stage}:{u.name}", {}))
+        if not gpu:
+            options["num_gpus"] = 0  # a CPU run never waits for a GPU a per-stage setting asks for
         return options
 
     # ---------------------------------------------------------------- a run
