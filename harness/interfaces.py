@@ -241,6 +241,12 @@ class Classifier(ABC):
         self.options = options
         self.variant = variant
 
+    @classmethod
+    def preflight(cls, options: Options, *, variant: str | None = None) -> None:
+        """Called when a run's spec is resolved, before any work: raise :class:`harness.errors.ConfigError` now if
+        ``variant`` names no model this plugin can build, :class:`harness.errors.WeightsError` if the options name
+        weights that are not on disk. Must be cheap (build nothing); the default checks nothing."""
+
     @abstractmethod
     def build(self, *, num_classes: int, channels: int, image_size: int) -> nn.Module:
         """Return a fresh ``nn.Module`` for the dataset's ``image_size``; it maps float ``B×C×S×S`` to logits,

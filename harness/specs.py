@@ -43,12 +43,34 @@ class FilterSpec(PluginSpec):
     keep: float = Field(0.9, gt=0.0, le=1.0)
 
 
+# Upper bounds on the fields that size memory or time: a value no machine can hold is refused when the spec is
+# validated, naming the field and the bound, instead of failing hours into a run. Derived for the largest machine
+# bench targets (1 TiB of host memory, one 141 GB accelerator) and the smallest images it has (3×28×28 uint8,
+# 2,352 B); docs/reliability.md shows the arithmetic.
+#: S: C_t is held whole as uint8 by the sample, filter and evaluate units, and the queue holds up to K of them:
+#: 10^8 × 2,352 B = 235 GB, a quarter of 1 TiB.
+MAX_SAMPLES_PER_GENERATION = 100_000_000
+#: One batch in float32 at 224 px (the ImageNet classifiers' native side): 65,536 × 3 × 224² × 4 B = 39 GB of input
+#: alone, before any activation.
+MAX_BATCH_SIZE = 65_536
+#: FID/KID features are 2,048 float64 per image (16 KiB): 10^7 images are 164 GB.
+MAX_FID_SAMPLES = 10_000_000
+#: KID holds three m×m float64 kernels on the accelerator: 3 × 8 B × 50,000² = 60 GB.
+MAX_KID_SUBSET = 50_000
+#: Seeds (replicates) are full chains, run one after another by the local executor: 1,000 chains of the quick
+#: preset (a few minutes each on 2 CPU cores) take days.
+MAX_SEEDS = 1000
+#: Bootstrap resamples each refit the amplification model: 10^5 take minutes.
+MAX_BOOTSTRAP = 100_000
+
+
 class LoopSpec(Spec):
     """The self-consuming loop (SPEC §2)."""
 
     generations: int = Field(5, ge=0, le=1000, description="T: generations after the real-data generation 0.")
     samples_per_generation: int | None = Field(
-        None, ge=1, description="S = |C_t|, candidates generated per generation. None: |D_real|."
+        None, ge=1, le=MAX_SAMPLES_PER_GENERATION,
+        description="S = |C_t|, candidates generated per generation. None: |D_real|.",
     )
     queue_capacity: int = Field(3, ge=1, description="K: filtered synthetic sets kept (regime 'stack').")
     mix_ratio: float = Field(
@@ -68,12 +90,12 @@ class TrainingSpec(Spec):
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only.")
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH_SIZE)
     max_epochs: int = Field(50, ge=1, le=1000)
     patience: int = Field(3, ge=1, description="Early stopping: epochs without a better held-out accuracy.")
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Held-out split of D_t for early stopping.")
     augment: Literal["none", "flip", "crop", "crop-flip"] = "none"
-    eval_batch_size: int = Field(512, ge=1)
+    eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH_SIZE)
 
 
 class OracleSpec(Spec):
@@ -94,16 +116,17 @@ class FidSpec(Spec):
         "inception-tf2015",
         description="inception-tf2015: the standard; random-conv-test: a fixed random net, NOT comparable (tests).",
     )
-    samples: int = Field(10_000, ge=2, description="Generated images used (at most |C_t|).")
-    real_samples: int = Field(10_000, ge=2, description="Real test images used (at most |test|).")
-    kid_subset_size: int = Field(1000, ge=2)
+    samples: int = Field(10_000, ge=2, le=MAX_FID_SAMPLES, description="Generated images used (at most |C_t|).")
+    real_samples: int = Field(10_000, ge=2, le=MAX_FID_SAMPLES, description="Real test images used (at most |test|).")
+    kid_subset_size: int = Field(1000, ge=2, le=MAX_KID_SUBSET)
 
 
 class MetricsSpec(Spec):
     fid: FidSpec = Field(default_factory=FidSpec)
     oracle: OracleSpec = Field(default_factory=OracleSpec)
     bias: Literal["1-meo", "md", "gap"] = Field("1-meo", description="B_t of SPEC §5.")
-    bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples (over seeds) for the fit's intervals.")
+    bootstrap: int = Field(1000, ge=10, le=MAX_BOOTSTRAP,
+                           description="Bootstrap resamples (over seeds) for the fit's intervals.")
 
 
 class RunSpec(Spec):
@@ -117,7 +140,7 @@ class RunSpec(Spec):
     loop: LoopSpec = Field(default_factory=LoopSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
-    seeds: tuple[int, ...] = Field((0,), min_length=1)
+    seeds: tuple[int, ...] = Field((0,), min_length=1, max_length=MAX_SEEDS)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N. Not part of the spec hash.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     data_root: Path | None = Field(None, description="Where datasets live. Not part of the spec hash.")
@@ -233,6 +256,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read config file {path}: it is not UTF-8 text") from None
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":

@@ -71,6 +71,14 @@ class TimmClassifier(ImageNetClassifier):
                 self.pretrained_mean = tuple(self.pretrained_cfg["mean"])
                 self.pretrained_std = tuple(self.pretrained_cfg["std"])
 
+    @classmethod
+    def preflight(cls, options, *, variant: str | None = None) -> None:
+        """The timm model (and pretrained tag) exists — ``timm.is_model``, as the constructor checks — and, with
+        ``pretrained``, its weights are on disk. Builds no network."""
+        plugin = cls(options, variant=variant)
+        if plugin.options.pretrained:
+            plugin.find_weights()
+
     def implementation(self) -> str:
         import timm
 
