@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +79,7 @@ def run(
         None, "--threads", help="torch intra-op threads per unit [a Ray task's CPUs, else OMP_NUM_THREADS, else "
         "the CPUs this process may use].",
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved spec and the plan; run nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the data; print the resolved spec and the plan; run nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
 ) -> None:
     """Run the self-consuming loop; print the results path on stdout and a summary on stderr.
@@ -106,15 +108,17 @@ def run(
     console = Console(stderr=True)
     if dry_run:
         from harness.engine.plan import plan
+        from harness.engine.stages import RunContext
 
+        data = RunContext(spec, spec.run_dir, plugins).dataset_plugin.check()  # missing data: DataError, exit 2
         typer.echo(json.dumps({"run_dir": str(spec.run_dir), "spec_hash": spec.spec_hash(),
-                               "spec": spec.model_dump(mode="json"),
+                               "spec": spec.model_dump(mode="json"), "data": data,
                                "units": [u.key for u in plan(spec)]}, indent=2))
         return
 
     from harness import loop
     from harness.scale.executor import create_executor
-    from harness.engine.progress import NullReporter, RichReporter
+    from harness.engine.progress import NullReporter, RichReporter, log_to_stream
 
     runner = create_executor(executor, ray_address=ray_address, torch_threads=threads)
 
@@ -122,9 +126,12 @@ def run(
         console.print(f"[yellow]warning:[/] plugin {failed.name} ({failed.distribution}) failed to import: "
                       f"{failed.error}")
     total = len(spec.seeds) * (spec.loop.generations + 1)
-    reporter = NullReporter() if quiet else RichReporter(total, console=console)
+    bars = not quiet and console.is_terminal  # else (a log file, a pipe): a plain line per unit and generation
+    reporter = RichReporter(total, console=console) if bars else NullReporter()
+    lines = log_to_stream(sys.stderr) if not (quiet or bars) else contextlib.nullcontext()
     try:
-        results = loop.run(spec, plugins, reporter=reporter, executor=runner)
+        with lines:
+            results = loop.run(spec, plugins, reporter=reporter, executor=runner)
     finally:
         reporter.close()
         close = getattr(runner, "close", None)

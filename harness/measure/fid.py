@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.engine.rundir import file_sha256
 from harness.errors import ConfigError, WeightsError
 from harness.imageset import ImageSet
 
@@ -89,21 +90,6 @@ MISSING = (
 
 
 # --------------------------------------------------------------------------------------------------- weights
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, computed once per process for a given (path, size, mtime)."""
-    st = path.stat()
-    return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -14,19 +14,16 @@ Nothing here opens a network connection. When no file is found the caller raises
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from harness.engine.rundir import file_sha256
 from harness.errors import ConfigError, WeightsError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 
@@ -37,10 +34,6 @@ def fit_channels(values: Sequence[float], channels: int) -> tuple[float, ...]:
     if len(values) == channels:
         return values
     return (sum(values) / len(values),) * channels
-
-
-def imagenet_normalization(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    return fit_channels(IMAGENET_MEAN, channels), fit_channels(IMAGENET_STD, channels)
 
 
 def check_weights_option(value: str | None) -> str | None:
@@ -59,21 +52,6 @@ class WeightsSource:
 
     def describe(self) -> dict[str, Any]:
         return {"origin": self.origin, "path": str(self.path), "sha256": file_sha256(self.path)}
-
-
-def file_sha256(path: Path) -> str:
-    path = Path(path)
-    stat = path.stat()
-    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=32)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime make the cache key honest
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def local_file(path: str) -> WeightsSource:

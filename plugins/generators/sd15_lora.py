@@ -42,6 +42,7 @@ import torch
 from pydantic import Field, field_validator
 from torch.nn import functional as F
 
+from harness.engine.rundir import file_sha256
 from harness.errors import ConfigError, WeightsError
 from harness.interfaces import Generator, Options
 from harness.imageset import from_unit_float
@@ -107,8 +108,6 @@ def _weight_files(folder: Path, variant: str | None) -> list[Path]:
 
 def base_model_sha256(root: Path, variant: str | None) -> str:
     """sha256 over ``"<relative path> <file sha256>"`` lines of every file loaded: configs, tokenizer, weights."""
-    from plugins.classifiers._weights import file_sha256
-
     files = [root / "model_index.json"]
     for component in _COMPONENTS:
         folder = root / component
