@@ -357,11 +357,16 @@ def validate_options(kind: str, plugin: PluginSpec, cls: type) -> dict[str, Any]
 
 
 def resolve_spec(spec: RunSpec, plugins: Any) -> RunSpec:
-    """Check every plugin name against its registry and normalise its options with its ``Options`` model."""
+    """Check every plugin name against its registry and normalise its options with its ``Options`` model.
+    Classifiers (and the oracle) also run :meth:`~harness.interfaces.Classifier.preflight`: their model names and
+    weights."""
 
     def norm(kind: str, p: PluginSpec) -> dict[str, Any]:
-        cls, _ = plugins.registry(kind).get(p.name)
-        return {**p.model_dump(), "options": validate_options(kind, p, cls)}
+        cls, variant = plugins.registry(kind).get(p.name)
+        options = validate_options(kind, p, cls)
+        if kind == "classifiers":  # an unknown model name or missing weights fail now, not after the oracle trained
+            cls.preflight(cls.Options.model_validate(options), variant=variant)
+        return {**p.model_dump(), "options": options}
 
     data = spec.model_dump()
     data["dataset"] = norm("datasets", spec.dataset)

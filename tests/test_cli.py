@@ -78,11 +78,29 @@ def test_flags_override_the_config_file(tmp_path):
           "--generations", "0", "--out", "{tmp}"], "MNIST"),
         (["run", "--device", "cuda:0", "--generations", "0", "--out", "{tmp}"], "CUDA is not available"),
         (["list", "gizmos"], "unknown kind"),
+        # issue 17: the command line's own mistakes, spec values no machine can hold, --out that cannot hold runs
+        (["run", "--keep", "abc"], "Invalid value for '--keep'"),
+        (["run", "--generations", "x"], "Invalid value for '--generations'"),
+        (["run", "--nope"], "No such option: --nope"),
+        (["run", "--config", "{tmp}"], "cannot read config file"),
+        (["run", "--config", "{binary}"], "is not UTF-8 text"),
+        (["run", "--set", "loop.samples_per_generation=1000000000000000"],
+         "loop.samples_per_generation: Input should be less than or equal to 100000000"),
+        (["run", "--set", "training.batch_size=100000000"], "training.batch_size: Input should be less than or equal"),
+        (["run", "--set", "metrics.fid.samples=100000000"], "metrics.fid.samples: Input should be less than or equal"),
+        (["run", "--seeds", "0-5000"], "seeds: Tuple should have at most 1000 items"),
+        (["run", "--generations", "0", "--out", "{file}"], "--out {file} is a file"),
+        (["run", "--generations", "0", "--out", "{file}/runs"], "--out {file}/runs cannot be created"),
         (["data", "check", "colored-mnist", "-o", "source=torchvision", "--data-root", "{tmp}"], "MNIST"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path, args, message):
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "binary.toml").write_bytes(bytes(range(256)))
+    subs = {"{tmp}": str(tmp_path), "{file}": str(tmp_path / "file"), "{binary}": str(tmp_path / "binary.toml")}
+    for key, value in subs.items():
+        args = [a.replace(key, value) for a in args]
+        message = message.replace(key, value)
     if "--device" in args and __import__("torch").cuda.is_available():
         pytest.skip("this machine has CUDA")
     proc = subprocess.run(BENCH + args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -90,6 +108,40 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stdout == ""
+
+
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot write in: chmod 555, or (as root, whom modes do not stop) sysfs."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    candidates = [folder, Path("/sys/kernel")]
+    for candidate in candidates:
+        try:
+            (candidate / "bench-probe").mkdir()
+        except OSError:
+            return candidate
+        (candidate / "bench-probe").rmdir()
+    pytest.skip("no folder this process cannot write in")
+
+
+def test_out_inside_a_read_only_folder_is_one_line(tmp_path):
+    out = read_only_folder(tmp_path) / "runs"
+    proc = subprocess.run(BENCH + ["run", "--generations", "0", "--out", str(out)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f"--out {out} cannot be created" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_an_unknown_timm_model_fails_before_any_work(tmp_path):
+    t0 = time.perf_counter()
+    proc = subprocess.run(BENCH + ["run", "-c", "lenet", "-c", "timm:resnet51", "--out", str(tmp_path / "runs")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and "unknown timm model 'resnet51'. Did you mean" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # no run directory, no oracle trained
+    assert time.perf_counter() - t0 < 120
 
 
 def test_data_check_ok_on_the_embedded_source():

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -160,7 +158,7 @@ def reference(tmp_path_factory):
 
 
 def copy_run(reference, tmp_path: Path):
-    spec, plugins, _ = reference
+    spec = reference[0]
     copy = spec.model_copy(update={"out": tmp_path / "runs"})  # `out` is not part of the spec hash
     shutil.copytree(spec.run_dir, copy.run_dir)
     (copy.run_dir / "results.json").unlink()
@@ -241,3 +239,77 @@ def test_bench_run_verify_lists_damaged_units_and_runs_nothing(tmp_path):
     assert CliRunner().invoke(app, [*args, "--verify"]).exit_code == 0
     missing = CliRunner().invoke(app, ["run", "--config", str(cfg), "--out", str(tmp_path / "elsewhere"), "--verify"])
     assert missing.exit_code == 2 and "no run directory" in missing.stderr
+
+
+# --------------------------------------------------------------------------------------------------- hostile text
+
+HOSTILE = "[/][bold red]x[/bold red][/]"
+
+
+@pytest.fixture
+def hostile_entry(tmp_path):
+    """A leaderboard entry whose every free-text name (classifier, generator, filter) is rich markup."""
+    from harness.publish.leaderboard import submit
+    from tests.test_leaderboard import synthetic_results, write
+
+    doc = synthetic_results(classifiers=(HOSTILE, "lenet"), generator={"name": f"gen{HOSTILE}", "options": {}},
+                            filter={"name": f"filter{HOSTILE}", "keep": 0.8})
+    other = synthetic_results(classifiers=(HOSTILE, "lenet"), loop={"mix_ratio": 0.25})
+    entries = tmp_path / "entries"
+    for d in (doc, other):
+        submit(write(tmp_path / "in" / f"{d['run_id']}.json", d), entries)
+    return entries, doc, other
+
+
+def test_leaderboard_show_and_compare_print_entry_names_as_text(hostile_entry):
+    entries, doc, other = hostile_entry
+    shown = CliRunner().invoke(app, ["leaderboard", "show", "--dir", str(entries)])
+    assert shown.exit_code == 0, shown.output
+    for word in (*HOSTILE.split(), f"gen{HOSTILE.split()[0]}", f"filter{HOSTILE.split()[0]}"):
+        assert word in shown.stdout, word  # the table wraps names at spaces; each piece is there as written
+    compared = CliRunner().invoke(app, ["leaderboard", "compare", doc["run_id"], other["run_id"], "--dir",
+                                        str(entries)])
+    assert compared.exit_code == 0, compared.output
+    assert f"{HOSTILE}: per generation" in compared.stdout and f"gen{HOSTILE}" in compared.stdout
+
+
+def test_the_run_summary_prints_names_as_text(hostile_entry):
+    import io
+
+    from rich.console import Console
+
+    from harness.publish.leaderboard import load_entries
+    from harness.publish.summary import print_summary
+
+    entries, doc, _ = hostile_entry
+    results = next(e.results for e in load_entries(entries) if e.results.run_id == doc["run_id"])
+    buffer = io.StringIO()
+    print_summary(results, Console(file=buffer, width=300))
+    assert f"{HOSTILE}: A_bar" in buffer.getvalue() and HOSTILE in buffer.getvalue().splitlines()[2]
+
+
+def test_the_sweep_table_prints_overrides_as_text(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from harness.scale.sweep import Outcome, SweepRun, summary_table
+
+    spec = build_spec(None, tiny_config())
+    outcome = Outcome(SweepRun(1, {"generator.options.note": HOSTILE}, spec))
+    buffer = io.StringIO()
+    Console(file=buffer, width=300).print(summary_table([outcome]))
+    assert json.dumps(HOSTILE) in buffer.getvalue()
+
+
+def test_warnings_print_what_they_quote_as_text():
+    import io
+
+    from rich.console import Console
+
+    from harness.cli.run import console_warnings
+
+    buffer = io.StringIO()
+    with console_warnings(Console(file=buffer, width=300)):
+        logging.getLogger("harness.engine.stages").warning("unit %s: damaged", HOSTILE)
+    assert buffer.getvalue() == f"warning: unit {HOSTILE}: damaged\n"

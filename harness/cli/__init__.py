@@ -128,8 +128,26 @@ _register_plugin_commands()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. A mistake on the command line itself (a value of the wrong type, an unknown
+    option, a missing argument) is one line on stderr and exit code 2, like every other user error."""
     try:
-        app()
+        from typer._click import exceptions as click  # typer vendors click
+    except ImportError:  # pragma: no cover - a typer that uses click itself
+        from click import exceptions as click
+
+    try:
+        code = app(standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:  # `bench` alone: the help, as usual
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if isinstance(exc, click.UsageError) and ctx is not None else ""
+        fail(" ".join(exc.format_message().split()) + hint, exc.exit_code)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        fail("aborted", 130)
+        sys.exit(130)
     except BrokenPipeError:  # e.g. `bench list datasets | head`
         sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -98,7 +98,7 @@ def submit(
     entry, target = submit_entry(file, directory, allow_partial=allow_partial, replace=replace)
     if entry.migrated:
         _err_console().print(f"migrated from schema_version {entry.source_version} to "
-                             f"{entry.results.schema_version}")
+                             f"{entry.results.schema_version}", markup=False)
     typer.echo(str(target))
 
 
@@ -120,7 +120,9 @@ def show(
     Metrics are the last generation's seed means; A_bar is the geometric mean of the classifier's A_t
     (lower = less bias amplification). Missing values rank last.
     """
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from harness.publish.leaderboard import COLUMNS, entry_rows, load_entries, sort_rows
 
@@ -137,7 +139,7 @@ def show(
     direction = "lower" if COLUMNS[sort][1] == "lower" else "higher"
     if reverse:
         direction = "higher" if direction == "lower" else "lower"
-    table = Table(title=f"leaderboard ({directory}) — ranked by {sort}, {direction} first",
+    table = Table(title=escape(f"leaderboard ({directory}) — ranked by {sort}, {direction} first"),
                   caption="last generation, mean over seeds; A_bar: geometric mean of A_t (>1: bias amplified)")
     for col in ("#", "run", "dataset", "generator", "classifier", "filter", "gen", "seeds"):
         table.add_column(col, justify="right" if col in ("#", "gen", "seeds") else "left")
@@ -145,12 +147,14 @@ def show(
         table.add_column(m, justify="right", style="bold" if m == sort else None,
                          header_style="bold reverse" if m == sort else None)
     table.add_column("status")
-    for r in rows:
+    for r in rows:  # every string of an entry is Text: entries come from strangers and are never read as markup
         table.add_row(
-            "—" if r["rank"] is None else str(r["rank"]), r["run_id"], r["dataset"], r["generator"],
-            r["classifier"], r["filter"], f"{r['generation']}/{r['generations']}", str(r["seeds"]),
+            "—" if r["rank"] is None else str(r["rank"]), *(Text(str(r[k])) for k in ("run_id", "dataset",
+                                                                                        "generator", "classifier",
+                                                                                        "filter")),
+            f"{r['generation']}/{r['generations']}", str(r["seeds"]),
             *(_fmt(r[m], 1 if m == "fid" else 3) for m in metrics),
-            r["status"] if r["status"] == "complete" else f"[yellow]{r['status']}[/]",
+            Text(str(r["status"]), style=None if r["status"] == "complete" else "yellow"),
         )
     _out_console().print(table)
 
@@ -212,15 +216,16 @@ def compare(
         }, indent=2))
         return
     out = _out_console()
-    out.print(f"[bold]A[/] {escape(ra.run_id)} ({ra.status}, {ea.path})")
-    out.print(f"[bold]B[/] {escape(rb.run_id)} ({rb.status}, {eb.path})")
+    out.print(f"[bold]A[/] {escape(f'{ra.run_id} ({ra.status}, {ea.path})')}")
+    out.print(f"[bold]B[/] {escape(f'{rb.run_id} ({rb.status}, {eb.path})')}")
     if bad:
         out.print(f"[bold yellow]WARNING:[/] not a fair comparison — {len(bad)} difference(s) beyond the "
                   "generator and classifiers:")
         for d in bad:
             out.print(f"  - {escape(f'[{d.category}]')} {escape(d.path)}: {escape(repr(d.a))} ≠ {escape(repr(d.b))}")
-        _err_console().print(f"[bold yellow]WARNING:[/] {ra.run_id} and {rb.run_id} differ in "
-                             f"{', '.join(sorted({d.category for d in bad}))}; the comparison is not fair")
+        categories = ", ".join(sorted({d.category for d in bad}))
+        _err_console().print(f"[bold yellow]WARNING:[/] {escape(f'{ra.run_id} and {rb.run_id} differ in {categories}')}; "
+                             "the comparison is not fair")
     for d in (d for d in diffs if d.fair):
         out.print(f"  [dim]{escape(d.category)}: {escape(d.path)}: {escape(repr(d.a))} → {escape(repr(d.b))}[/]")
 
@@ -230,7 +235,7 @@ def compare(
         out.print(f"classifier {escape(m)} is only in {'A' if m in names_a else 'B'}")
     metrics = ("acc", "meo", "di", "md", "worst")
     for m in shared:
-        table = Table(title=f"{m}: per generation (Δ = B − A; green: B better, red: B worse; "
+        table = Table(title=f"{escape(m)}: per generation (Δ = B − A; green: B better, red: B worse; "
                             "*: 95% intervals do not overlap)")
         table.add_column("gen", justify="right")
         for k in metrics:
@@ -248,8 +253,8 @@ def compare(
         table.add_column("t", justify="right")
         amp = {m: amplification_table(ra, rb, m) for m in shared}
         for m in shared:
-            table.add_column(f"{m} A", justify="right")
-            table.add_column(f"{m} B", justify="right")
+            table.add_column(f"{escape(m)} A", justify="right")
+            table.add_column(f"{escape(m)} B", justify="right")
             table.add_column("Δ", justify="right")
         n = max(len(rows) for rows, _ in amp.values())
         for t in range(n):

@@ -13,7 +13,7 @@ KINDS = ("datasets", "generators", "classifiers", "filters")
 @user_errors
 def list_plugins(kind: str = typer.Argument(..., help="datasets | generators | classifiers | filters")) -> None:
     """List the registered plugins of one kind (names on stdout, one per line); one warning line on stderr per
-    plugin that cannot be used (``bench plugins`` shows them all)."""
+    plugin that cannot be used (bench plugins shows them all)."""
     if kind not in KINDS:
         import difflib
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import sys
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,87 @@ def overrides_from_flags(**flags: Any) -> dict[str, Any]:
     return deep_merge(out, parse_set(list(flags["set"])))
 
 
+def writable_out(out: Path) -> None:
+    """Create ``out`` (the parent of run directories) and check that files can be written in it.
+
+    :raises ConfigError: ``out`` is a file, cannot be created, or is read-only (one line naming the reason).
+    """
+    import tempfile
+
+    from harness.errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder (run directories are created in it)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out} cannot be created: {exc.strerror or exc}") from None
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--out {out} is not writable: {exc.strerror or exc}") from None
+
+
+class _ConsoleWarnings(logging.Handler):
+    def __init__(self, console: Any):
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.markup import escape
+
+        try:
+            self.console.print(f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - a warning never breaks a run
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def console_warnings(console: Any) -> Iterator[None]:
+    """Show the warnings the harness logs (e.g. a damaged unit computed again) as ``warning:`` lines on ``console``."""
+    logger = logging.getLogger("harness")
+    handler = _ConsoleWarnings(console)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def warn_broken_plugins(plugins: Any, console: Any) -> None:
+    """One ``warning:`` line per plugin that could not be loaded."""
+    from rich.markup import escape
+
+    for failed in plugins.failed:
+        console.print(f"[yellow]warning:[/] {escape(failed.problem)}", highlight=False, soft_wrap=True)
+
+
+def verify_run_dir(spec: Any, console: Any) -> int:
+    """``bench run --verify``: one line per damaged or stale unit on stdout; the exit code (2 if any, else 0)."""
+    from harness.engine.plan import plan
+    from harness.engine.rundir import verify_run
+    from harness.errors import RunDirError
+
+    run_dir = spec.run_dir
+    if not (run_dir / "spec.json").is_file():
+        raise RunDirError(f"no run directory {run_dir} for this spec (check --out and the spec)")
+    units = plan(spec)
+    problems = verify_run(run_dir, units)
+    for key, problem in problems:
+        typer.echo(f"{key}: {problem}")
+    finished = sum((u.directory(run_dir) / "result.json").exists() for u in units)
+    if problems:
+        console.print(f"{len(problems)} damaged or stale unit(s) in {run_dir}; `bench run` with the same spec "
+                      "computes them again", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    console.print(f"ok: {finished} of {len(units)} units finished, all intact ({run_dir})", markup=False,
+                  highlight=False, soft_wrap=True)
+    return 0
+
+
 @app.command("run")
 @user_errors
 def run(
@@ -79,7 +161,9 @@ def run(
         None, "--threads", help="torch intra-op threads per unit [a Ray task's CPUs, else OMP_NUM_THREADS, else "
         "the CPUs this process may use].",
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Check the data; print the resolved spec and the plan; run nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved spec and the plan; run nothing."),
+    verify: bool = typer.Option(False, "--verify", help="Check the run directory's finished units (sizes, sha256); "
+                                "one line per damaged unit on stdout, exit 2 if any; run nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
 ) -> None:
     """Run the self-consuming loop; print the results path on stdout and a summary on stderr.
@@ -89,6 +173,7 @@ def run(
     import json
 
     from rich.console import Console
+    from rich.markup import escape
 
     from harness.plugin.manager import default_plugins
     from harness.specs import build_spec, load_config_file, resolve_spec
@@ -106,31 +191,32 @@ def run(
     spec = build_spec("quick", cfg, overrides_from_flags(**flags), paper_defaults=paper_defaults)
     spec = resolve_spec(spec, plugins)
     console = Console(stderr=True)
+    if verify:
+        raise typer.Exit(verify_run_dir(spec, console))
     if dry_run:
         from harness.engine.plan import plan
-        from harness.engine.stages import RunContext
 
-        data = RunContext(spec, spec.run_dir, plugins).dataset_plugin.check()  # missing data: DataError, exit 2
         typer.echo(json.dumps({"run_dir": str(spec.run_dir), "spec_hash": spec.spec_hash(),
-                               "spec": spec.model_dump(mode="json"), "data": data,
+                               "spec": spec.model_dump(mode="json"),
                                "units": [u.key for u in plan(spec)]}, indent=2))
         return
 
     from harness import loop
     from harness.scale.executor import create_executor
-    from harness.engine.progress import NullReporter, RichReporter, log_to_stream
+    from harness.engine.progress import NullReporter, RichReporter
 
     runner = create_executor(executor, ray_address=ray_address, torch_threads=threads)
 
-    for failed in plugins.failed:
-        console.print(f"[yellow]warning:[/] plugin {failed.name} ({failed.distribution}) failed to import: "
-                      f"{failed.error}")
+    warn_broken_plugins(plugins, console)
+    writable_out(spec.out)
+    if spec.run_dir.exists() and not spec.run_dir.is_dir():
+        from harness.errors import RunDirError
+
+        raise RunDirError(f"{spec.run_dir} is a file, where this spec's run directory goes; move it or use another --out")
     total = len(spec.seeds) * (spec.loop.generations + 1)
-    bars = not quiet and console.is_terminal  # else (a log file, a pipe): a plain line per unit and generation
-    reporter = RichReporter(total, console=console) if bars else NullReporter()
-    lines = log_to_stream(sys.stderr) if not (quiet or bars) else contextlib.nullcontext()
+    reporter = NullReporter() if quiet else RichReporter(total, console=console)
     try:
-        with lines:
+        with console_warnings(console):
             results = loop.run(spec, plugins, reporter=reporter, executor=runner)
     finally:
         reporter.close()
@@ -148,7 +234,7 @@ def run(
     try:
         figures = write_report(spec.run_dir)
     except BenchError as exc:
-        console.print(f"[yellow]warning:[/] report: {exc}")
+        console.print(f"[yellow]warning:[/] report: {escape(str(exc))}")
     else:
         if not quiet:
             console.print(f"figures: {spec.run_dir / 'report'} ({len(figures)} PNG)")

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from harness.cli import app, fail, user_errors
+from harness.cli.run import console_warnings, warn_broken_plugins, writable_out
 
 
 @app.command("sweep")
@@ -45,12 +46,13 @@ def sweep(
     options = {"ray_address": ray_address, **cfg.ray} if executor == "ray" else {}
     runner = create_executor(executor, **options)
     console = Console(stderr=True)
-    for failed in plugins.failed:
-        console.print(f"[yellow]warning:[/] plugin {failed.name} ({failed.distribution}) failed to import: "
-                      f"{failed.error}")
+    warn_broken_plugins(plugins, console)
+    for parent in sorted({r.spec.out for r in runs}):
+        writable_out(parent)
     reporter = None if quiet else SweepReporter(runs, console=console)
     try:
-        outcomes = run_sweep(runs, plugins, executor=runner, reporter=reporter)
+        with console_warnings(console):
+            outcomes = run_sweep(runs, plugins, executor=runner, reporter=reporter)
     finally:
         if reporter is not None:
             reporter.close()
@@ -69,10 +71,11 @@ def sweep(
         err = o.error
         assert err is not None
         if isinstance(err, BenchError):
-            console.print(f"[bold red]run {o.run.index}[/] ({o.run.run_id}): {escape(str(err))}", highlight=False)
+            console.print(f"[bold red]run {o.run.index}[/] ({escape(o.run.run_id)}): {escape(str(err))}",
+                          highlight=False)
         else:
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            console.print(f"[bold red]run {o.run.index}[/] ({o.run.run_id}) failed:", markup=True)
+            console.print(f"[bold red]run {o.run.index}[/] ({escape(o.run.run_id)}) failed:", markup=True)
             console.print(text, markup=False, highlight=False)
     code = max(o.error.exit_code for o in failures if isinstance(o.error, BenchError)) if all(
         isinstance(o.error, BenchError) for o in failures) else 1

@@ -1,4 +1,5 @@
-"""A human summary of a results file, for stderr."""
+"""A human summary of a results file, for stderr. Every name in it comes from the results file and is printed as
+text, never read as rich markup."""
 
 from __future__ import annotations
 
@@ -18,15 +19,16 @@ def _stat(s: Any) -> str:
 
 
 def print_summary(results: Any, console: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     gens = results.generations
-    table = Table(title=f"{results.run_id} ({results.status}, last generation {results.last_generation})")
+    table = Table(title=escape(f"{results.run_id} ({results.status}, last generation {results.last_generation})"))
     table.add_column("gen", justify="right")
     names = list(results.spec["classifiers"])
     names = [c["name"] for c in names]
     for m in names:
-        table.add_column(f"{m}\nacc", justify="right")
+        table.add_column(f"{escape(m)}\nacc", justify="right")
         table.add_column("meo", justify="right")
         table.add_column("worst", justify="right")
     table.add_column("q", justify="right")
@@ -45,10 +47,10 @@ def print_summary(results: Any, console: Any) -> None:
     if amp is None:
         return
     line = ", ".join(f"{m}: A_bar = {_fmt(a.A_bar)}" for m, a in amp.per_classifier.items())
-    console.print(f"bias B_t = {amp.measure}; {line}")
+    console.print(f"bias B_t = {amp.measure}; {line}", markup=False, highlight=False)
     fit = amp.fit
     if fit.status == "ok":
         console.print(f"fit: a = {_fmt(fit.a.estimate)}, b = {_fmt(fit.b.estimate)}, R² = {_fmt(fit.r2)} "
-                      f"({fit.n_points} points)")
+                      f"({fit.n_points} points)", markup=False, highlight=False)
     else:
-        console.print(f"fit: {fit.message}")
+        console.print(f"fit: {fit.message}", markup=False, highlight=False)

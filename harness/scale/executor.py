@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from harness.engine import threads
 from harness.engine.plan import STAGES, Unit
+from harness.engine.rundir import unit_problem
 from harness.engine.stages import RunContext, execute
 
 
@@ -432,7 +433,7 @@ class RayExecutor:
                 for u in waiting:  # plan order: a unit made ready by one just above is seen in the same pass
                     if not all(d in done for d in u.deps):
                         still.append(u)
-                    elif u.is_done(run_dir):
+                    elif unit_problem(run_dir, u) is None:  # finished and intact: a damaged one runs again
                         finish(u)
                     else:
                         ref = self._remote.options(

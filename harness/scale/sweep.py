@@ -376,6 +376,7 @@ class SweepReporter:
 def summary_table(outcomes: Sequence[Outcome]) -> Any:
     """A rich table: one row per run — overrides, status, last generation, Ā per classifier, wall time."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"sweep: {len(outcomes)} runs")
     for name, justify in (("#", "right"), ("run", "left"), ("overrides", "left"), ("status", "left"),
@@ -391,6 +392,7 @@ def summary_table(outcomes: Sequence[Outcome]) -> Any:
         status = o.status
         if o.error is not None:
             status = f"failed: {type(o.error).__name__}"
-        table.add_row(str(o.run.index), o.run.run_id, o.run.label, status,
-                      str(r.last_generation) if r is not None else "-", a_bar, f"{o.seconds:.0f}s")
+        cells = (str(o.run.index), o.run.run_id, o.run.label, status,
+                 str(r.last_generation) if r is not None else "-", a_bar, f"{o.seconds:.0f}s")
+        table.add_row(*(Text(c) for c in cells))  # labels and names come from configs: text, never markup
     return table
