@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,7 @@ def run(
         None, "--threads", help="torch intra-op threads per unit [a Ray task's CPUs, else OMP_NUM_THREADS, else "
         "the CPUs this process may use].",
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved spec and the plan; run nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the data; print the resolved spec and the plan; run nothing."),
     verify: bool = typer.Option(False, "--verify", help="Check the run directory's finished units (sizes, sha256); "
                                 "one line per damaged unit on stdout, exit 2 if any; run nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
@@ -195,15 +196,17 @@ def run(
         raise typer.Exit(verify_run_dir(spec, console))
     if dry_run:
         from harness.engine.plan import plan
+        from harness.engine.stages import RunContext
 
+        data = RunContext(spec, spec.run_dir, plugins).dataset_plugin.check()  # missing data: DataError, exit 2
         typer.echo(json.dumps({"run_dir": str(spec.run_dir), "spec_hash": spec.spec_hash(),
-                               "spec": spec.model_dump(mode="json"),
+                               "spec": spec.model_dump(mode="json"), "data": data,
                                "units": [u.key for u in plan(spec)]}, indent=2))
         return
 
     from harness import loop
     from harness.scale.executor import create_executor
-    from harness.engine.progress import NullReporter, RichReporter
+    from harness.engine.progress import NullReporter, RichReporter, log_to_stream
 
     runner = create_executor(executor, ray_address=ray_address, torch_threads=threads)
 
@@ -214,9 +217,11 @@ def run(
 
         raise RunDirError(f"{spec.run_dir} is a file, where this spec's run directory goes; move it or use another --out")
     total = len(spec.seeds) * (spec.loop.generations + 1)
-    reporter = NullReporter() if quiet else RichReporter(total, console=console)
+    bars = not quiet and console.is_terminal  # else (a log file, a pipe): a plain line per unit and generation
+    reporter = RichReporter(total, console=console) if bars else NullReporter()
+    lines = log_to_stream(sys.stderr) if not (quiet or bars) else contextlib.nullcontext()
     try:
-        with console_warnings(console):
+        with console_warnings(console), lines:
             results = loop.run(spec, plugins, reporter=reporter, executor=runner)
     finally:
         reporter.close()
