@@ -237,6 +237,39 @@ class Results(Model):
         RunSpec.model_validate(self.spec)
         return self
 
+    def to_dataframe(self) -> Any:
+        """The per-seed metrics as a tidy :class:`pandas.DataFrame`, one row per value.
+
+        Columns: ``run`` (the run_id), ``seed``, ``replicate`` (0), ``generation``, ``classifier`` (``None`` for
+        the generator's metrics), ``metric``, ``value`` (float; NaN where the metric is undefined). Classifier
+        metrics: ``acc``, ``meo``, ``di``, ``md``, ``dp``, ``eodds``, ``bias_gap``, ``worst_1`` … ``worst_G``
+        (worst-k subgroup accuracy) and ``acc:VARIANT`` per dataset variant; generator metrics (generations
+        ≥ 1): ``q``, ``u``, ``fid``, ``kid``. Seed means, intervals and the amplification fit stay on the model.
+        """
+        import pandas as pd
+
+        rows: list[tuple[Any, ...]] = []
+
+        def add(seed: int, t: int, classifier: str | None, metric: str, value: float | None) -> None:
+            rows.append((self.run_id, seed, 0, t, classifier, metric, float("nan") if value is None else value))
+
+        for g in self.generations:
+            for name, record in g.classifiers.items():
+                for p in record.per_seed:
+                    for metric in ("acc", "meo", "di", "md", "dp", "eodds", "bias_gap"):
+                        add(p.seed, g.generation, name, metric, getattr(p, metric))
+                    for k, v in enumerate(p.worst_k, start=1):
+                        add(p.seed, g.generation, name, f"worst_{k}", v)
+                    for variant, va in p.variants.items():
+                        add(p.seed, g.generation, name, f"acc:{variant}", va.acc)
+            if g.generator is not None:
+                for p in g.generator.per_seed:
+                    for metric in ("q", "u", "fid", "kid"):
+                        add(p.seed, g.generation, None, metric, getattr(p, metric))
+        columns = ["run", "seed", "replicate", "generation", "classifier", "metric", "value"]
+        frame = pd.DataFrame(rows, columns=columns)
+        return frame.astype({"seed": "int64", "replicate": "int64", "generation": "int64", "value": "float64"})
+
 
 def json_schema() -> dict[str, Any]:
     schema = Results.model_json_schema()
