@@ -7,5 +7,6 @@ from harness.hookspecs import hookimpl
 def register_generators(register):
     register("dcgan", "plugins.generators.dcgan:DCGAN")
     register("ddpm", "plugins.generators.ddpm:DDPM")
+    register("replay", "plugins.generators.replay:Replay")
     register("sd15-lora", "plugins.generators.sd15_lora:SD15LoRA")
     register("vae", "plugins.generators.vae:ConditionalVAE")
