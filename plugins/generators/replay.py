@@ -27,7 +27,8 @@ fractions are hit exactly up to rounding (largest remainder, ties broken at rand
    ``flip_subgroup = "keep"`` (default): a flipped image keeps the subgroup its quota gave it (an image of another
    class *in the conditioning class's colour*), so the conditioning class's subgroup mix stays exactly ``p'_c``
    and ``u`` does not depend on ``flip``; where no other class has that subgroup it falls back to ``"source"``:
-   the flipped image follows its own class's mix ``p_{c'}`` (a uniform draw from that class).
+   the flipped image follows its own class's mix ``p_{c'}`` (a uniform draw from that class). For ``per_class``
+   datasets, where subgroup ``g`` means something else in every class, use ``"source"``.
 3. Each (class, subgroup) cell of the pool serves its quota without replacement when it holds enough images,
    otherwise (``shortfall = "repeat"``) every image once per full pass and a random subset for the rest.
    ``shortfall = "borrow"`` serves such excess requests with other cells' unused images instead (counted as
