@@ -15,7 +15,28 @@ leaderboard_app = typer.Typer(help="Validate, submit, rank, compare and render l
 app.add_typer(leaderboard_app, name="leaderboard")
 
 ENTRIES = Path("leaderboard") / "entries"
-DIR_OPTION = typer.Option(ENTRIES, "--dir", help="The leaderboard's entries directory.")
+DIR_OPTION = typer.Option(
+    None, "--dir", help="The leaderboard's entries directory [$BENCH_LEADERBOARD, else leaderboard/entries in this "
+    "directory or the nearest parent that has one, else in the bench checkout that runs].",
+)
+
+
+def entries_dir(directory: Path | None) -> Path:
+    """``--dir``, else ``$BENCH_LEADERBOARD``, else the first ``leaderboard/entries`` found from the working
+    directory upwards, else the one in the source checkout bench runs from; ``./leaderboard/entries`` if none
+    exists (``submit`` creates it)."""
+    import os
+
+    if directory is not None:
+        return directory
+    if os.environ.get("BENCH_LEADERBOARD"):
+        return Path(os.environ["BENCH_LEADERBOARD"])
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / ENTRIES).is_dir():
+            return folder / ENTRIES if folder != here else ENTRIES
+    checkout = Path(__file__).resolve().parents[2] / ENTRIES
+    return checkout if checkout.is_dir() else ENTRIES
 
 
 def _out_console() -> Any:
@@ -88,14 +109,14 @@ def validate(files: list[Path] = typer.Argument(..., help="Results files to chec
 @user_errors
 def submit(
     file: Path = typer.Argument(..., help="A results file (RUN_DIR/results.json)."),
-    directory: Path = DIR_OPTION,
+    directory: Path | None = DIR_OPTION,
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Accept a run that stopped early."),
     replace: bool = typer.Option(False, "--replace", help="Overwrite an entry with the same run_id."),
 ) -> None:
     """Validate a results file and store it as DIR/<run_id>.json (the stored path on stdout)."""
     from harness.publish.leaderboard import submit as submit_entry
 
-    entry, target = submit_entry(file, directory, allow_partial=allow_partial, replace=replace)
+    entry, target = submit_entry(file, entries_dir(directory), allow_partial=allow_partial, replace=replace)
     if entry.migrated:
         _err_console().print(f"migrated from schema_version {entry.source_version} to "
                              f"{entry.results.schema_version}", markup=False)
@@ -112,13 +133,16 @@ def show(
     sort: str = typer.Option("A_bar", "--sort", "-s",
                              help="A_bar | acc | meo | di | md | worst | dp | eodds | q | u | fid | kid."),
     reverse: bool = typer.Option(False, "--reverse", help="Worst first."),
-    directory: Path = DIR_OPTION,
-    as_json: bool = typer.Option(False, "--json", help="Machine output: the ranked rows as JSON."),
+    directory: Path | None = DIR_OPTION,
+    output: str = typer.Option("table", "--format", "-F",
+                               help="table (the last generation) | csv | json (every generation, in rank order)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine output: the ranked rows (last generation) as JSON."),
 ) -> None:
     """Rank the entries: one row per (entry, classifier), best first by the chosen column.
 
-    Metrics are the last generation's seed means; A_bar is the geometric mean of the classifier's A_t
-    (lower = less bias amplification). Missing values rank last.
+    Ranks use the last generation's seed means; A_bar is the geometric mean of the classifier's A_t (lower =
+    less bias amplification). Missing values rank last. With --format csv or json, one row per (entry,
+    classifier, generation) with that generation's seed means and bias B_t, in rank order.
     """
     from rich.markup import escape
     from rich.table import Table
@@ -126,12 +150,18 @@ def show(
 
     from harness.publish.leaderboard import COLUMNS, entry_rows, load_entries, sort_rows
 
+    if output not in SHOW_FORMATS:
+        raise fail(f"unknown --format {output!r}; choose from: {', '.join(SHOW_FORMATS)}")
+    directory = entries_dir(directory)
     entries = load_entries(directory)
     if dataset is not None:
         entries = [e for e in entries if e.results.dataset.name == dataset]
     rows = sort_rows(entry_rows(entries), sort, reverse=reverse)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
+        return
+    if output != "table":
+        _print_generations(generation_rows(rows, entries), output)
         return
     if not rows:
         raise fail(f"no entries in {directory}" + (f" on dataset {dataset!r}" if dataset else ""))
@@ -157,6 +187,50 @@ def show(
             Text(str(r["status"]), style=None if r["status"] == "complete" else "yellow"),
         )
     _out_console().print(table)
+
+
+SHOW_FORMATS = ("table", "csv", "json")
+GENERATION_METRICS = ("acc", "meo", "di", "md", "worst", "dp", "eodds", "B", "q", "u", "fid", "kid")
+
+
+def generation_rows(ranked: list[dict[str, Any]], entries: list[Any]) -> list[dict[str, Any]]:
+    """Every generation of every ranked (entry, classifier) row, in rank order: the row's identity and rank,
+    then that generation's seed means (``B``: the bias B_t under the run's measure; ``q``… from ``t = 1``)."""
+    by_file = {e.path.name: e.results for e in entries}
+    out = []
+    for row in ranked:
+        r = by_file[row["file"]]
+        name = row["classifier"]
+        amp = r.amplification.per_classifier.get(name) if r.amplification else None
+        for g in r.generations:
+            agg = g.classifiers[name].mean
+            gen = g.generator.mean if g.generator is not None else None
+            values = {
+                "acc": agg.acc.mean, "meo": agg.meo.mean, "di": agg.di.mean, "md": agg.md.mean,
+                "worst": agg.worst_k[0].mean if agg.worst_k else None, "dp": agg.dp.mean, "eodds": agg.eodds.mean,
+                "B": amp.bias[g.generation] if amp is not None and g.generation < len(amp.bias) else None,
+                **{k: None if gen is None else getattr(gen, k).mean for k in ("q", "u", "fid", "kid")},
+            }
+            out.append({
+                "rank": row["rank"], "run_id": row["run_id"], "file": row["file"], "dataset": row["dataset"],
+                "generator": row["generator"], "classifier": name, "filter": row["filter"],
+                "seeds": row["seeds"], "status": row["status"], "generation": g.generation,
+                "generations": row["generations"], **values, "A_bar": row["A_bar"],
+            })
+    return out
+
+
+def _print_generations(rows: list[dict[str, Any]], output: str) -> None:
+    if output == "json":
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    import csv
+    import sys
+
+    columns = list(rows[0]) if rows else ["rank", "run_id", "classifier", "generation", *GENERATION_METRICS]
+    writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
 
 
 # --------------------------------------------------------------------------------------------------- compare
@@ -186,7 +260,7 @@ def _cells(pair: tuple[Any, Any], better: str, digits: int = 3) -> list[str]:
 def compare(
     a: str = typer.Argument(..., help="Entry A: a results file, a run directory or a run_id in --dir."),
     b: str = typer.Argument(..., help="Entry B, compared with A (Δ = B − A)."),
-    directory: Path = DIR_OPTION,
+    directory: Path | None = DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Machine output: the differences as JSON."),
 ) -> None:
     """Compare two entries per generation and per classifier, and warn when the comparison is unfair."""
@@ -204,6 +278,7 @@ def compare(
         unfair,
     )
 
+    directory = entries_dir(directory)
     ea, eb = resolve_entry(a, directory), resolve_entry(b, directory)
     ra, rb = ea.results, eb.results
     diffs = differences(ra, rb)
@@ -290,8 +365,9 @@ def compare(
 @leaderboard_app.command("render")
 @user_errors
 def render(
-    out: Path = typer.Option(Path("leaderboard") / "site", "--out", "-o", help="Where to write the site."),
-    directory: Path = DIR_OPTION,
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Where to write the site [site beside the entries directory]."),
+    directory: Path | None = DIR_OPTION,
     runs: list[Path] = typer.Option([], "--runs",
                                     help="A folder of run directories, for sample grids (repeatable) [runs]."),
 ) -> None:
@@ -299,8 +375,9 @@ def render(
     from harness.publish.leaderboard import load_entries
     from harness.publish.site import render_site
 
+    directory = entries_dir(directory)
     entries = load_entries(directory)
     if not runs and Path("runs").is_dir():
         runs = [Path("runs")]
-    index = render_site(entries, out, runs=runs)
+    index = render_site(entries, out if out is not None else directory.parent / "site", runs=runs)
     typer.echo(str(index))
