@@ -129,6 +129,8 @@ def register_commands(app: typer.Typer) -> None:
     """Contribute ``bench`` subcommands (as ``llm``'s ``register_commands``): the core never imports a plugin.
 
     :param app: the ``bench`` Typer application; add commands with ``@app.command()``. Import heavy modules
-        inside the command bodies, so ``bench --help`` stays fast.
+        inside the command bodies, so ``bench --help`` stays fast. A command named like one already there is left
+        out (with a warning), and so are the commands of a plugin whose hook raises; a
+        :class:`~harness.errors.BenchError` raised in a command is one line on stderr with its exit code.
     :returns: nothing.
     """
