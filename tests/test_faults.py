@@ -89,6 +89,10 @@ def test_damage_is_found_and_named(tmp_path, name, damage, problem):
     finished_unit(tmp_path, {"model.safetensors": b"x" * 1000})
     damage(tmp_path / name)
     assert problem in verify_unit(tmp_path)
+    if damage is not garble or name == "result.json":  # a quick look (sizes only) finds all but a same-size edit
+        assert problem in verify_unit(tmp_path, contents=False)
+    else:
+        assert verify_unit(tmp_path, contents=False) is None
 
 
 def test_an_edited_result_that_still_parses_is_found(tmp_path):
@@ -229,6 +233,10 @@ def test_bench_run_verify_lists_damaged_units_and_runs_nothing(tmp_path):
     assert lines[0].startswith("seed-0/gen-001/generator: model.safetensors has")
     assert lines[1].startswith("seed-0/gen-001/evaluate: result.json is damaged")
     assert not (run_dir / "results.json").exists()  # nothing ran
+    status = CliRunner().invoke(app, ["status", str(run_dir)])
+    assert status.exit_code == 0, status.output
+    damaged = [line for line in status.stdout.splitlines() if line.startswith("damaged: ")]
+    assert damaged == [f"damaged: {line}; the same bench run command computes it again" for line in lines]
     healed = CliRunner().invoke(app, [*args, "--quiet"])
     assert healed.exit_code == 0, healed.output
     warnings = healed.stderr.strip().splitlines()

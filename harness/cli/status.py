@@ -27,11 +27,16 @@ def status(
     from rich.markup import escape
     from rich.table import Table
 
-    from harness.engine.progress import duration, run_status
+    from harness.engine.plan import plan
+    from harness.engine.progress import duration, read_spec, run_status
+    from harness.engine.rundir import verify_run
 
     st = run_status(run_dir)
+    # sizes and result.json checksums only (no file is read): `bench run --verify` also checks every sha256
+    damaged = verify_run(run_dir, plan(read_spec(run_dir)), contents=False)
     if as_json:
         data = asdict(st)
+        data["damaged"] = [{"unit": key, "problem": problem} for key, problem in damaged]
         data["run_dir"] = str(st.run_dir)
         for r in data["running"]:
             r["started_at"] = r["started_at"].isoformat(timespec="seconds")
@@ -42,6 +47,8 @@ def status(
     out.print(f"run {escape(st.run_id)} ({escape(str(st.run_dir))})")
     share = f" ({100 * st.done / st.total:.0f}%)" if st.total else ""
     out.print(f"units: {st.done}/{st.total} done{share}, {duration(st.work_done_s)} of work so far")
+    for key, problem in damaged:
+        out.print(f"[red]damaged:[/] {escape(key)}: {escape(problem)}; the same bench run command computes it again")
     now = datetime.now(UTC)
     for r in st.running:
         ago = duration((now - r.started_at).total_seconds())

@@ -227,7 +227,7 @@ def _read_record(directory: Path) -> tuple[dict[str, Any] | None, str | None]:
     return data, None
 
 
-def _file_problem(directory: Path, name: str, expected: Any) -> str | None:
+def _file_problem(directory: Path, name: str, expected: Any, contents: bool = True) -> str | None:
     rel = Path(name)
     if rel.is_absolute() or ".." in rel.parts or not isinstance(expected, dict):
         return f"{RESULT} lists an invalid file entry {name!r}"
@@ -240,6 +240,8 @@ def _file_problem(directory: Path, name: str, expected: Any) -> str | None:
         return f"{name} cannot be read ({exc.strerror or exc})"
     if size != expected.get("size"):
         return f"{name} has {size} bytes, {expected.get('size')} were written (truncated or replaced)"
+    if not contents:
+        return None
     try:
         digest = file_sha256(path)
     except OSError as exc:
@@ -249,14 +251,15 @@ def _file_problem(directory: Path, name: str, expected: Any) -> str | None:
     return None
 
 
-def verify_unit(directory: Path) -> str | None:
+def verify_unit(directory: Path, *, contents: bool = True) -> str | None:
     """What is wrong with the finished unit in ``directory``, in a few words naming the file; ``None`` when its
-    ``result.json`` parses, matches its checksum, and every file it lists has the recorded size and sha256."""
+    ``result.json`` parses, matches its checksum, and every file it lists has the recorded size and sha256.
+    ``contents=False`` checks sizes only (no file is read: for a quick look at a large run)."""
     data, problem = _read_record(directory)
     if data is None:
         return problem
     for name, expected in data[INTEGRITY]["files"].items():
-        problem = _file_problem(directory, name, expected)
+        problem = _file_problem(directory, name, expected, contents)
         if problem is not None:
             return problem
     return None
@@ -316,14 +319,14 @@ def unit_inputs(run_dir: Path, u: Unit) -> dict[str, str]:
     return out
 
 
-def unit_problem(run_dir: Path, u: Unit, *, check_inputs: bool = True) -> str | None:
+def unit_problem(run_dir: Path, u: Unit, *, check_inputs: bool = True, contents: bool = True) -> str | None:
     """What is wrong with unit ``u`` of ``run_dir``, naming the file; ``None``: finished, intact and up to date.
 
     Up to date: every dependency still has the fingerprint it had when ``u`` read it (a dependency computed anew
     with other outputs makes ``u`` stale).
     """
     directory = u.directory(run_dir)
-    problem = verify_unit(directory)
+    problem = verify_unit(directory, contents=contents)
     if problem is not None or not check_inputs:
         return problem
     data, problem = _read_record(directory)
@@ -338,12 +341,12 @@ def unit_problem(run_dir: Path, u: Unit, *, check_inputs: bool = True) -> str | 
     return None
 
 
-def verify_run(run_dir: Path, units: Iterable[Unit]) -> list[tuple[str, str]]:
+def verify_run(run_dir: Path, units: Iterable[Unit], *, contents: bool = True) -> list[tuple[str, str]]:
     """``(unit key, problem)`` for every unit of ``run_dir`` that is damaged or stale, in plan order.
 
     A unit without ``result.json`` is unfinished, not a problem, unless a unit that reads it is finished (then
     its ``result.json`` was lost). A unit below a listed one is not checked against it (it is checked again once
-    the listed one is computed anew).
+    the listed one is computed anew). ``contents=False``: sizes only, as :func:`verify_unit`.
     """
     units = list(units)
     finished = {u.key for u in units if (u.directory(run_dir) / RESULT).exists()}
@@ -357,7 +360,7 @@ def verify_run(run_dir: Path, units: Iterable[Unit]) -> list[tuple[str, str]]:
                 problems.append((u.key, f"{RESULT} is missing, but units that read its outputs are finished"))
             continue
         below = any(d in suspect for d in u.deps)
-        problem = unit_problem(run_dir, u, check_inputs=not below)
+        problem = unit_problem(run_dir, u, check_inputs=not below, contents=contents)
         if problem is not None:
             problems.append((u.key, problem))
         if problem is not None or below:
