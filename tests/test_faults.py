@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -321,3 +322,105 @@ def test_warnings_print_what_they_quote_as_text():
     with console_warnings(Console(file=buffer, width=300)):
         logging.getLogger("harness.engine.stages").warning("unit %s: damaged", HOSTILE)
     assert buffer.getvalue() == f"warning: unit {HOSTILE}: damaged\n"
+
+
+# --------------------------------------------------------------------------------------------------- full disk
+
+
+def cli_results(stdout: str) -> dict:
+    data = json.loads(Path(stdout.strip()).read_text())
+    data.pop("timing")
+    return data
+
+
+@pytest.fixture(scope="module")
+def cli_reference(tmp_path_factory):
+    """A tiny run through the CLI (one generation) and its results, timings aside."""
+    root = tmp_path_factory.mktemp("cli-reference")
+    cfg = root / "spec.json"
+    cfg.write_text(json.dumps(tiny_config(loop={"generations": 1})))
+    done = CliRunner().invoke(app, ["run", "--config", str(cfg), "--out", str(root / "runs"), "--quiet"])
+    assert done.exit_code == 0, done.output
+    return cfg, cli_results(done.stdout)
+
+
+def no_space(flavour: str) -> BaseException:
+    if flavour == "OSError":
+        import errno
+
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    from safetensors import SafetensorError  # safetensors writes through its own I/O and keeps only the message
+
+    return SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                           'left on device" })')
+
+
+@pytest.mark.parametrize("flavour", ["OSError", "SafetensorError"])
+def test_a_full_disk_is_one_line_and_the_rerun_ends_as_if_it_never_filled(cli_reference, tmp_path, monkeypatch,
+                                                                          flavour):
+    from harness.engine import rundir
+
+    cfg, expected = cli_reference
+    args = ["run", "--config", str(cfg), "--out", str(tmp_path / "runs"), "--quiet"]
+    real, writes = rundir._atomic_write, []
+
+    def filling(path, write):
+        writes.append(path)
+        if len(writes) != 6:
+            return real(path, write)
+
+        def half_then_full(tmp):  # the disk fills half-way through the sixth file
+            write(tmp)
+            tmp.write_bytes(tmp.read_bytes()[: tmp.stat().st_size // 2])
+            raise no_space(flavour)
+
+        return real(path, half_then_full)
+
+    monkeypatch.setattr(rundir, "_atomic_write", filling)
+    full = CliRunner().invoke(app, args)
+    assert full.exit_code == 2, full.output
+    assert full.stderr.startswith("error: the disk holding ") and "is full" in full.stderr
+    assert len(full.stderr.strip().splitlines()) == 1 and full.stdout == ""
+    assert not writes[5].exists() and not list(writes[5].parent.glob(".*.tmp"))  # no half file, no leftover
+
+    monkeypatch.setattr(rundir, "_atomic_write", real)  # space freed
+    healed = CliRunner().invoke(app, args)
+    assert healed.exit_code == 0, healed.output
+    assert cli_results(healed.stdout) == expected
+
+
+# --------------------------------------------------------------------------------------------------- concurrency
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_spec_into_one_folder_end_with_the_same_intact_results(cli_reference, tmp_path):
+    import subprocess
+
+    cfg, expected = cli_reference
+    args = BENCH + ["run", "--config", str(cfg), "--out", str(tmp_path / "runs"), "--quiet"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+        assert cli_results(out) == expected
+    spec_dir = Path(outs[0][0].strip()).parent
+    from harness.specs import RunSpec
+
+    spec = RunSpec.model_validate(json.loads((spec_dir / "results.json").read_text())["spec"] | {"out": spec_dir.parent})
+    assert verify_run(spec_dir, plan(spec)) == []
+
+
+def test_the_site_prints_entry_names_as_text(tmp_path):
+    from harness.publish.leaderboard import load_entries, submit
+    from harness.publish.site import render_site
+    from tests.test_leaderboard import synthetic_results, write
+
+    script = "<script>alert(1)</script>"
+    doc = synthetic_results(classifiers=(f"{script}{HOSTILE}",), generator={"name": f"gen{script}", "options": {}})
+    submit(write(tmp_path / "in" / "a.json", doc), tmp_path / "entries")
+    index = render_site(load_entries(tmp_path / "entries"), tmp_path / "site", runs=[])
+    pages = [p.read_text() for p in index.parent.rglob("*.html")]
+    assert len(pages) >= 2
+    for page in pages:
+        assert script not in page
+    assert any("&lt;script&gt;alert(1)&lt;/script&gt;" in page for page in pages)

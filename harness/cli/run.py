@@ -223,6 +223,14 @@ def run(
     try:
         with console_warnings(console), lines:
             results = loop.run(spec, plugins, reporter=reporter, executor=runner)
+    except Exception as exc:
+        from harness.engine.rundir import disk_full
+        from harness.errors import RunDirError
+
+        if disk_full(exc):
+            raise RunDirError(f"the disk holding {spec.run_dir} is full; free some space and run the same command "
+                              "again: finished units are kept, the unit that was being written is computed again") from None
+        raise
     finally:
         reporter.close()
         close = getattr(runner, "close", None)

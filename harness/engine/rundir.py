@@ -12,6 +12,7 @@ unit that read outputs which have changed since.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -53,6 +54,21 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it came from) says the disk or the quota is full. Libraries that write
+    through their own I/O (safetensors) keep only the OS message, so the message counts too."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(os.strerror(code) in str(cause) for code in (errno.ENOSPC, errno.EDQUOT)):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def write_bytes(path: Path, data: bytes) -> None:
