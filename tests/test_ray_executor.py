@@ -251,3 +251,20 @@ def test_a_user_error_is_not_retried_and_a_stopped_sweep_resumes(tmp_path, plugi
         assert {k: a[k] for k in b} == b  # every unit finished before was skipped, not run again
     assert len(after[1]) == len(plan(runs[1].spec))
     assert log.read_text().count("\n") == 3  # only run 2's generator ran again
+
+
+def test_a_named_unit_may_ask_for_a_gpu_fraction_of_its_own():
+    pytest.importorskip("ray")
+    from harness.engine.plan import Unit
+    from harness.errors import ConfigError
+    from harness.scale.executor import RayExecutor
+
+    ex = RayExecutor(stage_resources={"classifier": {"num_gpus": 0.5}, "classifier:lenet": {"num_gpus": 0.25}})
+    assert ex.task_options(Unit("classifier", 1, 0, "lenet"), gpu=True) == {"num_cpus": 1.0, "num_gpus": 0.25}
+    assert ex.task_options(Unit("classifier", 1, 0, "vgg19"), gpu=True) == {"num_cpus": 1.0, "num_gpus": 0.5}
+    assert ex.task_options(Unit("classifier", 1, 0, "lenet"), gpu=False)["num_gpus"] == 0  # a CPU run
+    for bad in ({"classifier:": {"num_gpus": 1}}, {"train:lenet": {"num_gpus": 1}}):
+        with pytest.raises(ConfigError, match="unknown stages"):
+            RayExecutor(stage_resources=bad)
+    with pytest.raises(ConfigError, match="numbers >= 0"):
+        RayExecutor(stage_resources={"classifier:lenet": {"num_gpus": -0.5}})
