@@ -349,7 +349,9 @@ def no_space(flavour: str) -> BaseException:
         import errno
 
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    from safetensors import SafetensorError  # safetensors writes through its own I/O and keeps only the message
+    from safetensors import (
+        SafetensorError,  # safetensors writes through its own I/O and keeps only the message
+    )
 
     return SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
                            'left on device" })')
@@ -406,7 +408,8 @@ def test_two_runs_of_one_spec_into_one_folder_end_with_the_same_intact_results(c
     spec_dir = Path(outs[0][0].strip()).parent
     from harness.specs import RunSpec
 
-    spec = RunSpec.model_validate(json.loads((spec_dir / "results.json").read_text())["spec"] | {"out": spec_dir.parent})
+    stored = json.loads((spec_dir / "results.json").read_text())["spec"]
+    spec = RunSpec.model_validate({**stored, "out": spec_dir.parent})
     assert verify_run(spec_dir, plan(spec)) == []
 
 
@@ -424,3 +427,18 @@ def test_the_site_prints_entry_names_as_text(tmp_path):
     for page in pages:
         assert script not in page
     assert any("&lt;script&gt;alert(1)&lt;/script&gt;" in page for page in pages)
+
+
+def test_progress_bars_print_unit_and_plugin_names_as_text():
+    import io
+
+    from rich.console import Console
+
+    from harness.engine.progress import RichReporter
+
+    buffer = io.StringIO()
+    reporter = RichReporter(1, console=Console(file=buffer, width=200, force_terminal=True))
+    with reporter.stage(f"seed 0 gen 1: classifier {HOSTILE}"):
+        reporter.progress.refresh()
+    reporter.close()
+    assert f"classifier {HOSTILE}" in buffer.getvalue()

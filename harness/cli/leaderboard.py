@@ -299,8 +299,8 @@ def compare(
         for d in bad:
             out.print(f"  - {escape(f'[{d.category}]')} {escape(d.path)}: {escape(repr(d.a))} ≠ {escape(repr(d.b))}")
         categories = ", ".join(sorted({d.category for d in bad}))
-        _err_console().print(f"[bold yellow]WARNING:[/] {escape(f'{ra.run_id} and {rb.run_id} differ in {categories}')}; "
-                             "the comparison is not fair")
+        differ = f"{ra.run_id} and {rb.run_id} differ in {categories}"
+        _err_console().print(f"[bold yellow]WARNING:[/] {escape(differ)}; the comparison is not fair")
     for d in (d for d in diffs if d.fair):
         out.print(f"  [dim]{escape(d.category)}: {escape(d.path)}: {escape(repr(d.a))} → {escape(repr(d.b))}[/]")
 

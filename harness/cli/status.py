@@ -75,8 +75,8 @@ def status(
     table.add_column("seed", justify="right")
     table.add_column("gen", justify="right")
     for name in names:
-        table.add_column(f"{name} acc", justify="right")
-        table.add_column(f"{name} B", justify="right")
+        table.add_column(f"{escape(name)} acc", justify="right")
+        table.add_column(f"{escape(name)} B", justify="right")
     table.add_column("q", justify="right")
     table.add_column("u", justify="right")
 

@@ -131,8 +131,10 @@ class RichReporter:
         self.progress.advance(self._gen, n)
 
     def task(self, description: str, total: int | None) -> contextlib.AbstractContextManager[_RichTask]:
-        self._start()
-        return progress_task(self.progress, f"  {description}", total)
+        from rich.markup import escape
+
+        self._start()  # descriptions name plugins and units: text, never markup
+        return progress_task(self.progress, f"  {escape(description)}", total)
 
     def stage(self, description: str) -> contextlib.AbstractContextManager:
         return self.task(description, None)
