@@ -349,13 +349,16 @@ def test_submit_stores_refuses_duplicates_and_partial_runs(tiny_run, tmp_path):
 
 @pytest.fixture
 def board(tmp_path) -> tuple[Path, dict[str, dict[str, Any]]]:
-    """Four entries: three on colored-mnist (one with two classifiers), one on another dataset."""
+    """Five entries in three tracks: low, high and two (two classifiers) differ only in the generator's options
+    and the classifiers; smoke mixes differently (another protocol); other is on another dataset."""
     from harness.publish.leaderboard import submit
 
     docs = {
-        "low": synthetic_results(acc=0.6, amp=0.8, loop={"mix_ratio": 0.1}),
-        "high": synthetic_results(acc=0.9, amp=1.3, loop={"mix_ratio": 0.2}),
-        "two": synthetic_results(acc=0.75, amp=1.0, classifiers=("lenet", "alexnet"), loop={"mix_ratio": 0.3}),
+        "low": synthetic_results(acc=0.6, amp=0.8),
+        "high": synthetic_results(acc=0.9, amp=1.3, generator={"name": "dcgan", "options": {"width": 16}}),
+        "two": synthetic_results(acc=0.75, amp=1.0, classifiers=("lenet", "alexnet"),
+                                 generator={"name": "dcgan", "options": {"width": 12}}),
+        "smoke": synthetic_results(acc=0.95, amp=0.7, loop={"mix_ratio": 0.3}),
         "other": synthetic_results(acc=0.7, amp=1.1, dataset="cifar-20"),
     }
     entries = tmp_path / "entries"
@@ -369,36 +372,91 @@ def _order(stdout: str, run_ids: list[str]) -> list[str]:
     return [rid for _, rid in sorted(found)]
 
 
-def test_show_ranks_one_row_per_entry_and_classifier(board):
+def test_show_ranks_within_tracks_one_row_per_entry_and_classifier(board):
     entries, docs = board
     ids = {k: d["run_id"] for k, d in docs.items()}
     r = bench("leaderboard", "show", "--dir", entries, "--sort", "acc")
     assert r.exit_code == 0, r.output
-    assert "ranked by acc, higher first" in r.stdout
-    assert _order(r.stdout, list(ids.values())) == [ids["high"], ids["two"], ids["other"], ids["low"]]
+    assert "3 track(s), each ranked by acc, higher first" in r.stdout
+    # tracks: the other dataset, then colored-mnist's track with three entries, then smoke's alone; smoke has the
+    # best accuracy of all but is not ranked against entries it cannot be compared with
+    assert _order(r.stdout, list(ids.values())) == [ids["other"], ids["high"], ids["two"], ids["low"], ids["smoke"]]
+    assert "track 2: colored-mnist · 2 generations × 200 samples · mix 0.5 (stack) · uncertainty keep 0.8 · 1 seed" \
+        in r.stdout and "mix 0.3 (stack)" in r.stdout
     row_lines = [line for line in r.stdout.splitlines() if ids["two"] in line]
     assert len(row_lines) == 2 and "lenet" in row_lines[0] + row_lines[1] and "alexnet" in "".join(row_lines)
     assert "0.880" in r.stdout  # high's final accuracy: 0.9 − 0.01·2
 
     r = bench("leaderboard", "show", "--dir", entries, "--json")  # default: A_bar, lower first
     rows = json.loads(r.stdout)
-    assert [row["run_id"] for row in rows][:1] == [ids["low"]] and rows[-1]["run_id"] == ids["high"]
-    assert rows[0]["A_bar"] == pytest.approx(0.8) and rows[0]["rank"] == 1
-    assert len(rows) == 5
+    assert len(rows) == 6
+    assert [(row["track"], row["rank"], row["run_id"]) for row in rows] == [
+        (1, 1, ids["other"]), (2, 1, ids["low"]), (2, 2, ids["two"]), (2, 3, ids["two"]), (2, 4, ids["high"]),
+        (3, 1, ids["smoke"])]
+    assert rows[1]["A_bar"] == pytest.approx(0.8) and rows[1]["ci"]["acc"] is None and rows[1]["verdict"] is None
 
     r = bench("leaderboard", "show", "--dir", entries, "--dataset", "cifar-20", "--json")
     assert [row["run_id"] for row in json.loads(r.stdout)] == [ids["other"]]
 
     r = bench("leaderboard", "show", "--dir", entries, "--sort", "md", "--reverse", "--json")
-    mds = [row["md"] for row in json.loads(r.stdout)]
-    assert mds == sorted(mds, reverse=True)
+    shown = json.loads(r.stdout)
+    for track in (1, 2, 3):
+        mds = [row["md"] for row in shown if row["track"] == track]
+        assert mds == sorted(mds, reverse=True)
 
     r = bench("leaderboard", "show", "--dir", entries, "--sort", "a_bar", "--json")  # case does not matter
-    assert r.exit_code == 0 and json.loads(r.stdout)[0]["run_id"] == ids["low"]
+    assert r.exit_code == 0 and json.loads(r.stdout)[1]["run_id"] == ids["low"]
+    r = bench("leaderboard", "show", "--dir", entries, "--sort", "a_bar")
+    assert r.exit_code == 0 and "ranked by A_bar, lower first" in r.stdout
     r = bench("leaderboard", "show", "--dir", entries, "--sort", "worts")
     assert r.exit_code == 2 and "unknown sort column 'worts'" in r.stderr and "Did you mean 'worst'" in r.stderr
     r = bench("leaderboard", "show", "--dir", entries.parent / "nowhere")
     assert r.exit_code == 2 and "no such leaderboard directory" in r.stderr
+
+
+def test_tracks_are_what_compare_calls_fair(board):
+    """Two entries share a track exactly when `bench leaderboard compare` finds the comparison fair."""
+    from harness.publish.leaderboard import group_tracks, load_entries
+
+    entries, docs = board
+    tracks = group_tracks(load_entries(entries))
+    track_of = {e.run_id: t.number for t in tracks for e in t.entries}
+    assert len(tracks) == 3 and sorted(track_of) == sorted(d["run_id"] for d in docs.values())
+    names = {d["run_id"]: k for k, d in docs.items()}
+    assert [sorted(names[e.run_id] for e in t.entries) for t in tracks] == [["other"], ["high", "low", "two"],
+                                                                           ["smoke"]]
+    ids = sorted(track_of)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            r = bench("leaderboard", "compare", a, b, "--dir", entries, "--json")
+            assert r.exit_code == 0, r.output
+            assert json.loads(r.stdout)["fair"] == (track_of[a] == track_of[b]), (names[a], names[b])
+    # a harness version or a seeds count of its own starts a track of its own
+    for doc in (synthetic_results(harness_version="0.9.0"), synthetic_results(seeds=(0, 1))):
+        from harness.publish.leaderboard import Entry, Results
+
+        extra = Entry(Path("x.json"), Results.model_validate(doc), 1)
+        assert len(group_tracks([*load_entries(entries), extra])) == 4
+
+
+def test_verdicts_are_read_when_present_and_absent_otherwise(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.publish.leaderboard import verdict_of
+
+    v = {"label": "amplified", "effect": 0.012, "ci_low": 0.004, "ci_high": 0.02, "epsilon": 0.01, "mde": 0.008,
+         "reason": "the interval lies above 0"}
+    pooled = {**v, "label": "inconclusive", "ci_low": -0.02}
+    nested = SimpleNamespace(verdict={"per_classifier": {"lenet": v}, "pooled": pooled})
+    assert verdict_of(nested, "lenet") == v and verdict_of(nested, None)["label"] == "inconclusive"
+    assert verdict_of(nested, "alexnet") is None
+    model_like = SimpleNamespace(verdict=SimpleNamespace(per_classifier={"lenet": SimpleNamespace(**v)}, pooled=None))
+    assert verdict_of(model_like, "lenet") == v and verdict_of(model_like) is None
+    flat = SimpleNamespace(verdict={"lenet": v})
+    assert verdict_of(flat, "lenet")["effect"] == 0.012
+    from harness.publish.results import Results
+
+    assert verdict_of(Results.model_validate(synthetic_results()), "lenet") is None  # no verdict block: no verdict
 
 
 # --------------------------------------------------------------------------------------------------- compare
@@ -438,7 +496,7 @@ def test_compare_shows_both_runs_and_warns_on_unfair_differences(tmp_path):
 
 def test_compare_of_two_generators_on_the_same_setup_is_fair(board):
     entries, docs = board
-    a = synthetic_results(acc=0.8)
+    a = synthetic_results(acc=0.8, generator={"name": "dcgan", "options": {"width": 24}})
     b = synthetic_results(acc=0.85, generator={"name": "dcgan", "options": {"width": 32}})
     from harness.publish.leaderboard import submit
 
@@ -455,7 +513,7 @@ def test_compare_of_two_generators_on_the_same_setup_is_fair(board):
 # --------------------------------------------------------------------------------------------------- render
 
 
-def test_render_lists_every_entry_and_works_offline(board, tmp_path, tiny_run):
+def test_render_lists_every_entry_in_its_track_and_works_offline(board, tmp_path, tiny_run):
     from harness.publish.leaderboard import submit
 
     entries, docs = board
@@ -472,7 +530,17 @@ def test_render_lists_every_entry_and_works_offline(board, tmp_path, tiny_run):
         page = (site / "entries" / f"{rid}.html").read_text()
         assert f"<h1>{rid}</h1>" in page and page.count("<svg") >= 8
         assert json.loads((site / "entries" / f"{rid}.json").read_text())["run_id"] == rid
-    assert text.count("<tr data-run=") == 6  # one row per (entry, classifier)
+        # the command that reproduces it, on the index and the entry's page, and the spec file it names
+        command = f"bench run --config entries/{rid}.spec.json"
+        assert f"<code>{command}</code>" in text and command in page
+        assert json.loads((site / "entries" / f"{rid}.spec.json").read_text()) == \
+            json.loads((entries / f"{rid}.json").read_text())["spec"]
+    assert text.count("<tr data-run=") == 7  # one row per (entry, classifier)
+    # one section per track, each with its table and its chart; the tiny run (300 images) is a track of its own
+    sections = re.findall(r'<section class="track" id="(track-\d+)"', text)
+    assert sections == ["track-1", "track-2", "track-3", "track-4"]
+    assert text.count('<table class="board"') == 4 and text.count('aria-label="bias B_t = 1-meo per generation') == 4
+    assert "no&nbsp;interval (1&nbsp;seed)" in text  # one seed: no interval, said in the cell
     for page in [index, *(site / "entries").glob("*.html")]:
         html = page.read_text()
         assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), page  # nothing from the network
@@ -484,12 +552,74 @@ def test_render_lists_every_entry_and_works_offline(board, tmp_path, tiny_run):
     assert "The run directory was not found" in (site / "entries" / f"{docs['low']['run_id']}.html").read_text()
 
 
+def test_the_reproduce_command_runs_the_same_spec(tiny_run, tmp_path):
+    """`bench run --config entries/<run_id>.spec.json` resolves to the entry's own spec: the same spec_hash."""
+    from harness.publish.leaderboard import load_entry
+    from harness.publish.site import render_site
+
+    entry = load_entry(tiny_run / "results.json")
+    render_site([entry], tmp_path / "site")
+    spec = tmp_path / "site" / "entries" / f"{entry.run_id}.spec.json"
+    r = bench("run", "--config", spec, "--out", tmp_path / "runs", "--dry-run")
+    assert r.exit_code == 0, r.output
+    planned = json.loads(r.stdout)
+    assert planned["spec_hash"] == entry.results.spec_hash
+    assert Path(planned["run_dir"]).name == entry.run_id
+
+
+def test_index_cells_show_intervals_clipped_to_bounds_and_the_verdict(tmp_path):
+    """Three seeds: every cell has its 95% interval, inside the metric's bounds; a verdict, when the results
+    carry one, is shown with its effect and interval; without one the cell says there is no control arm."""
+    import dataclasses
+
+    from harness.publish.leaderboard import load_entry
+    from harness.publish.site import index_html
+
+    doc = synthetic_results(seeds=(0, 1, 2), classifiers=("lenet", "alexnet"))
+    # a t-interval of accuracies near 1 reaches past 1 ...
+    doc["generations"][-1]["classifiers"]["lenet"]["mean"]["acc"] = _stat([0.99, 0.985, 0.999])
+    entry = load_entry(write(tmp_path / "r.json", doc))
+    stat = entry.results.generations[-1].classifiers["lenet"].mean.acc
+    assert stat.ci_high > 1.0
+    html = index_html([entry])
+    row = html[html.index('data-classifier="lenet"'):]
+    row = row[:row.index("</tr>")]
+    acc_cell = re.search(r'<td class="num" data-value="([^"]+)"><span class="m">([^<]+)</span>'
+                         r'<span class="ci" title="95% interval">([^<]+)</span></td>', row)
+    assert acc_cell is not None
+    low, high = (float(x) for x in acc_cell.group(3).split("–"))
+    assert float(acc_cell.group(1)) == pytest.approx(stat.mean) and high == 1.0  # ... and is shown clipped at 1
+    assert low == pytest.approx(stat.ci_low, abs=5e-4)
+    assert '<td class="verdict" data-value=""><span class="none" title="no control arm">—</span></td>' in row
+
+    verdict = {"per_classifier": {
+        "lenet": {"label": "amplified", "effect": 0.012, "ci_low": 0.004, "ci_high": 0.02, "epsilon": 0.01,
+                  "mde": 0.008, "reason": "the interval lies above 0"},
+        "alexnet": {"label": "no detectable change", "effect": 0.001, "ci_low": -0.003, "ci_high": 0.004,
+                    "epsilon": 0.01, "mde": 0.006, "reason": "the interval lies within ±ε"}},
+        "pooled": {"label": "inconclusive", "effect": 0.006, "ci_low": -0.02, "ci_high": 0.03, "epsilon": 0.01,
+                   "mde": 0.03, "reason": "the interval crosses ε"}}
+    judged = dataclasses.replace(entry, results=entry.results.model_copy(update={"verdict": verdict}))
+    html = index_html([judged])
+    assert ('<span class="badge v-amplified" title="the interval lies above 0">amplified</span>'
+            '<span class="ci" title="E: the mean paired effect on the bias, with its 95% interval">'
+            "E = +0.012 [+0.004, +0.020]</span>") in html
+    assert 'data-value="no detectable change"' in html
+    from harness.publish.site import entry_html
+
+    page = entry_html(judged, [])
+    assert page.count("badge v-") == 3 and "inconclusive" in page and "the interval crosses ε" in page
+    assert "No verdict: this run has no control arm" in entry_html(entry, [])
+
+
 def test_line_chart_handles_gaps_and_single_points():
     from harness.publish.site import Series, line_chart, nice_ticks
 
     assert nice_ticks(0.0, 1.0) == [0.0, 0.25, 0.5, 0.75, 1.0]
     ticks = nice_ticks(0.9885, 0.9905)
     assert ticks[0] <= 0.9885 and ticks[-1] >= 0.9905 and len(ticks) <= 7
+    ticks = nice_ticks(0.05, 0.05 + 4e-17)  # one value up to float rounding: still an axis around it
+    assert len(set(ticks)) >= 2 and ticks[0] < 0.05 < ticks[-1]
     svg = line_chart([Series("a", [0, 1, 2, 3], [0.5, None, 0.7, 0.8])], title="gappy")
     assert svg.count("<polyline") == 1 and svg.count("<circle") == 3  # the gap breaks the line
     assert "no data" in line_chart([Series("a", [1], [None])], title="empty")

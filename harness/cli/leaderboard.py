@@ -135,20 +135,23 @@ def show(
     reverse: bool = typer.Option(False, "--reverse", help="Worst first."),
     directory: Path | None = DIR_OPTION,
     output: str = typer.Option("table", "--format", "-F",
-                               help="table (the last generation) | csv | json (every generation, in rank order)."),
+                               help="table (the last generation) | csv | json (every generation, in track and rank "
+                               "order)."),
     as_json: bool = typer.Option(False, "--json", help="Machine output: the ranked rows (last generation) as JSON."),
 ) -> None:
-    """Rank the entries: one row per (entry, classifier), best first by the chosen column.
+    """Rank the entries within tracks: one row per (entry, classifier), best first by the chosen column.
 
-    Ranks use the last generation's seed means; A_bar is the geometric mean of the classifier's A_t (lower =
-    less bias amplification). Missing values rank last. With --format csv or json, one row per (entry,
-    classifier, generation) with that generation's seed means and bias B_t, in rank order.
+    A track holds the entries that `bench leaderboard compare` calls a fair comparison of one another (same
+    dataset and options, generations, budget, filter, recipe, seeds count and harness); ranks are only given
+    within a track. Ranks use the last generation's seed means; A_bar is the geometric mean of the classifier's
+    A_t (lower = less bias amplification). Missing values rank last. With --format csv or json, one row per
+    (entry, classifier, generation) with that generation's seed means and bias B_t, in track and rank order.
     """
     from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
-    from harness.publish.leaderboard import COLUMNS, entry_rows, load_entries, sort_rows
+    from harness.publish.leaderboard import COLUMNS, load_entries, ranked_tracks
 
     if output not in SHOW_FORMATS:
         raise fail(f"unknown --format {output!r}; choose from: {', '.join(SHOW_FORMATS)}")
@@ -156,7 +159,8 @@ def show(
     entries = load_entries(directory)
     if dataset is not None:
         entries = [e for e in entries if e.results.dataset.name == dataset]
-    rows = sort_rows(entry_rows(entries), sort, reverse=reverse)
+    tracks = ranked_tracks(entries, sort, reverse=reverse)
+    rows = [r for _, track_rows in tracks for r in track_rows]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -165,28 +169,35 @@ def show(
         return
     if not rows:
         raise fail(f"no entries in {directory}" + (f" on dataset {dataset!r}" if dataset else ""))
+    sort = {k.lower(): k for k in COLUMNS}[sort.lower()]
     metrics = ["acc", "meo", "di", "md", "worst", "q", "u", "fid", "A_bar"]
     direction = "lower" if COLUMNS[sort][1] == "lower" else "higher"
     if reverse:
         direction = "higher" if direction == "lower" else "lower"
-    table = Table(title=escape(f"leaderboard ({directory}) — ranked by {sort}, {direction} first"),
-                  caption="last generation, mean over seeds; A_bar: geometric mean of A_t (>1: bias amplified)")
-    for col in ("#", "run", "dataset", "generator", "classifier", "filter", "gen", "seeds"):
-        table.add_column(col, justify="right" if col in ("#", "gen", "seeds") else "left")
-    for m in metrics:
-        table.add_column(m, justify="right", style="bold" if m == sort else None,
-                         header_style="bold reverse" if m == sort else None)
-    table.add_column("status")
-    for r in rows:  # every string of an entry is Text: entries come from strangers and are never read as markup
-        table.add_row(
-            "—" if r["rank"] is None else str(r["rank"]), *(Text(str(r[k])) for k in ("run_id", "dataset",
-                                                                                        "generator", "classifier",
-                                                                                        "filter")),
-            f"{r['generation']}/{r['generations']}", str(r["seeds"]),
-            *(_fmt(r[m], 1 if m == "fid" else 3) for m in metrics),
-            Text(str(r["status"]), style=None if r["status"] == "complete" else "yellow"),
-        )
-    _out_console().print(table)
+    out = _out_console()
+    out.print(escape(f"leaderboard ({directory}): {len(tracks)} track(s), each ranked by {sort}, {direction} first; "
+                     "entries in different tracks are not compared"), highlight=False)
+    for track, track_rows in tracks:
+        table = Table(title=Text(f"track {track.number}: {track.summary()}"), title_justify="left",
+                      caption="last generation, mean over seeds; A_bar: geometric mean of A_t (>1: bias amplified)")
+        for col in ("#", "run", "generator", "classifier", "gen"):
+            table.add_column(col, justify="right" if col in ("#", "gen") else "left")
+        for m in metrics:
+            table.add_column(m, justify="right", style="bold" if m == sort else None,
+                             header_style="bold reverse" if m == sort else None)
+        table.add_column("verdict")
+        table.add_column("status")
+        for r in track_rows:  # every string of an entry is Text: entries come from strangers, never read as markup
+            verdict = r["verdict"]
+            table.add_row(
+                "—" if r["rank"] is None else str(r["rank"]),
+                *(Text(str(r[k])) for k in ("run_id", "generator", "classifier")),
+                f"{r['generation']}/{r['generations']}",
+                *(_fmt(r[m], 1 if m == "fid" else 3) for m in metrics),
+                Text("—" if verdict is None else str(verdict["label"])),
+                Text(str(r["status"]), style=None if r["status"] == "complete" else "yellow"),
+            )
+        out.print(table)
 
 
 SHOW_FORMATS = ("table", "csv", "json")
@@ -194,8 +205,8 @@ GENERATION_METRICS = ("acc", "meo", "di", "md", "worst", "dp", "eodds", "B", "q"
 
 
 def generation_rows(ranked: list[dict[str, Any]], entries: list[Any]) -> list[dict[str, Any]]:
-    """Every generation of every ranked (entry, classifier) row, in rank order: the row's identity and rank,
-    then that generation's seed means (``B``: the bias B_t under the run's measure; ``q``… from ``t = 1``)."""
+    """Every generation of every ranked (entry, classifier) row, in rank order: the row's identity, track and
+    rank, then that generation's seed means (``B``: the bias B_t under the run's measure; ``q``… from ``t = 1``)."""
     by_file = {e.path.name: e.results for e in entries}
     out = []
     for row in ranked:
@@ -212,7 +223,8 @@ def generation_rows(ranked: list[dict[str, Any]], entries: list[Any]) -> list[di
                 **{k: None if gen is None else getattr(gen, k).mean for k in ("q", "u", "fid", "kid")},
             }
             out.append({
-                "rank": row["rank"], "run_id": row["run_id"], "file": row["file"], "dataset": row["dataset"],
+                "track": row.get("track"), "rank": row["rank"], "run_id": row["run_id"], "file": row["file"],
+                "dataset": row["dataset"],
                 "generator": row["generator"], "classifier": name, "filter": row["filter"],
                 "seeds": row["seeds"], "status": row["status"], "generation": g.generation,
                 "generations": row["generations"], **values, "A_bar": row["A_bar"],

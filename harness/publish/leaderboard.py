@@ -10,6 +10,9 @@ functions in :data:`MIGRATIONS` (``N → N + 1``), then checked as a current fil
 no migration path, or newer than this bench, is rejected with the file named. A fit written before bench checked
 that it is identified (status ``ok``/``failed``) is read as ``not_identified`` (:func:`unchecked_fit`).
 
+Ranking: entries are grouped into *tracks* (:func:`group_tracks`) — the entries that ``compare`` calls a fair
+comparison of one another — and ranked only within a track (:func:`ranked_tracks`).
+
 Nothing here prints: the CLI (``harness/cli/leaderboard.py``) formats what these functions return.
 """
 
@@ -19,7 +22,7 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,12 +319,67 @@ def _mean(stat: Any) -> float | None:
     return None if stat is None else stat.mean
 
 
+def _ci(stat: Any) -> list[float] | None:
+    """``[ci_low, ci_high]`` of a ``Stat`` (or anything with those fields), ``None`` where there is no interval."""
+    low, high = _field(stat, "ci_low"), _field(stat, "ci_high")
+    return None if low is None or high is None else [low, high]
+
+
+def _field(obj: Any, name: str) -> Any:
+    """``obj.name`` or ``obj[name]``; ``None`` when ``obj`` is None or has no such field."""
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
 def classifier_names(results: Results) -> list[str]:
     return [c["name"] if isinstance(c, dict) else c for c in results.spec["classifiers"]]
 
 
+def a_bar_interval(pc: Any) -> list[float] | None:
+    """``[low, high]`` of a classifier's ``A_bar`` where the results carry one (``A_bar_interval``, or
+    ``A_bar_ci_low``/``A_bar_ci_high``); ``None`` otherwise (files written before issue 13)."""
+    found = _ci(_field(pc, "A_bar_interval"))
+    if found is not None:
+        return found
+    low, high = _field(pc, "A_bar_ci_low"), _field(pc, "A_bar_ci_high")
+    return None if low is None or high is None else [low, high]
+
+
+def a_t_interval(factor: Any) -> list[float] | None:
+    """``[low, high]`` of one ``A_t`` where the results carry one; ``None`` otherwise."""
+    return _ci(factor)
+
+
+def verdict_of(results: Any, classifier: str | None = None) -> dict[str, Any] | None:
+    """The SPEC §5b verdict on ``classifier`` (``None``: pooled over classifiers) as a plain dict — ``label``,
+    ``effect``, ``ci_low``, ``ci_high``, ``epsilon``, ``mde``, ``reason`` — or ``None`` when the results carry no
+    verdict (a run without a control arm, or written before the verdict existed).
+
+    Reads an optional ``verdict`` block shaped ``{"per_classifier": {name: verdict}, "pooled": verdict}`` (a
+    model or a dict), or a plain ``{name: verdict, "pooled": verdict}`` mapping.
+    """
+    block = getattr(results, "verdict", None)
+    if block is None:
+        return None
+    if classifier is None:
+        found = _field(block, "pooled")
+    else:
+        per = _field(block, "per_classifier")
+        found = _field(per if per is not None else block, classifier)
+    if found is None or _field(found, "label") is None:
+        return None
+    return {k: _field(found, k) for k in ("label", "effect", "ci_low", "ci_high", "epsilon", "mde", "reason")}
+
+
 def entry_rows(entries: Sequence[Entry]) -> list[dict[str, Any]]:
-    """One row per (entry, classifier): a multi-classifier run is ranked classifier by classifier."""
+    """One row per (entry, classifier): a multi-classifier run is ranked classifier by classifier.
+
+    Metric values are the last generation's seed means; ``ci`` holds each one's 95% interval as stored
+    (``None`` where there is none, e.g. with one seed) and ``verdict`` the classifier's verdict or ``None``.
+    """
     rows = []
     for e in entries:
         r = e.results
@@ -331,6 +389,11 @@ def entry_rows(entries: Sequence[Entry]) -> list[dict[str, Any]]:
         for name in classifier_names(r):
             agg = last.classifiers[name].mean if last is not None else None
             amp = r.amplification.per_classifier.get(name) if r.amplification else None
+            worst = agg.worst_k[0] if agg is not None and agg.worst_k else None
+            ci = {k: _ci(getattr(agg, k)) if agg is not None else None
+                  for k in ("acc", "meo", "di", "md", "dp", "eodds")}
+            ci.update({k: _ci(getattr(gen, k)) if gen is not None else None for k in ("q", "u", "fid", "kid")})
+            ci.update(worst=_ci(worst), A_bar=a_bar_interval(amp))
             rows.append({
                 "run_id": r.run_id,
                 "file": e.path.name,
@@ -347,7 +410,7 @@ def entry_rows(entries: Sequence[Entry]) -> list[dict[str, Any]]:
                 "meo": _mean(agg and agg.meo),
                 "di": _mean(agg and agg.di),
                 "md": _mean(agg and agg.md),
-                "worst": _mean(agg.worst_k[0]) if agg is not None and agg.worst_k else None,
+                "worst": _mean(worst),
                 "dp": _mean(agg and agg.dp),
                 "eodds": _mean(agg and agg.eodds),
                 "q": _mean(gen and gen.q),
@@ -355,6 +418,8 @@ def entry_rows(entries: Sequence[Entry]) -> list[dict[str, Any]]:
                 "fid": _mean(gen and gen.fid),
                 "kid": _mean(gen and gen.kid),
                 "A_bar": None if amp is None else amp.A_bar,
+                "ci": ci,
+                "verdict": verdict_of(r, name),
             })
     return rows
 
@@ -490,6 +555,102 @@ def differences(a: Results, b: Results) -> list[Difference]:
 
 def unfair(diffs: Sequence[Difference]) -> list[Difference]:
     return [d for d in diffs if not d.fair]
+
+
+def comparable(a: Results, b: Results) -> bool:
+    """Whether ``compare`` calls ``a`` against ``b`` a fair comparison: they differ at most in what is compared."""
+    return not unfair(differences(a, b))
+
+
+# --------------------------------------------------------------------------------------------------- tracks
+
+
+def _options(options: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in _flatten(dict(options)).items() if k)
+
+
+@dataclass(frozen=True)
+class Track:
+    """Entries that are fair comparisons of one another (:func:`comparable`): the same dataset and options,
+    protocol (generations, samples per generation, mixing, filter, training recipe, metric settings, number of
+    seeds) and harness; they differ at most in the generator and the classifiers. Ranks mean something only
+    within a track."""
+
+    number: int
+    entries: tuple[Entry, ...]
+
+    @property
+    def id(self) -> str:
+        return f"track-{self.number}"
+
+    @property
+    def results(self) -> Results:
+        """The first entry's results: every setting a track shares is read from it."""
+        return self.entries[0].results
+
+    @property
+    def seeds(self) -> int:
+        return len(self.results.spec["seeds"])
+
+    def summary(self) -> str:
+        """One line: the dataset, the generations and their budget, the filter and the seeds."""
+        s = self.results.spec
+        loop, flt = s["loop"], s["filter"]
+        return (f"{s['dataset']['name']} · {loop['generations']} generations × {loop['samples_per_generation']} "
+                f"samples · mix {loop['mix_ratio']:g} ({loop['regime']}) · {flt['name']} keep {flt.get('keep', 1.0):g} "
+                f"· {self.seeds} seed{'s' if self.seeds != 1 else ''}")
+
+    def protocol(self) -> list[tuple[str, str]]:
+        """``(what, settings)``: everything the entries of this track share, as ``compare`` checks it."""
+        r = self.results
+        s, p = r.spec, r.provenance
+        source = {k: v for k, v in p.dataset_source.items() if k in ("source", "sha256", "content_sha256")}
+        return [
+            ("dataset", f"{s['dataset']['name']} ({_options(s['dataset']['options'])})"),
+            ("loop", _options(s["loop"])),
+            ("filter", f"{s['filter']['name']}, keep {s['filter'].get('keep', 1.0):g} "
+                       f"({_options(s['filter'].get('options', {}))})"),
+            ("training", _options(s["training"])),
+            ("metrics", _options(s["metrics"])),
+            ("seeds", f"{self.seeds} ({', '.join(map(str, s['seeds']))} in the first entry)"),
+            ("precision", f"{s.get('precision')} (ran as {p.precision})"),
+            ("dataset source", _options(source)),
+            ("harness", p.harness_version),
+        ]
+
+
+def group_tracks(entries: Sequence[Entry]) -> list[Track]:
+    """Split ``entries`` into tracks by :func:`comparable` (the test ``bench leaderboard compare`` applies).
+
+    Order: by dataset, then the most seeds, the most generations and the most entries first. Within a track the
+    entries keep their order.
+    """
+    groups: list[list[Entry]] = []
+    for e in entries:
+        for group in groups:
+            if comparable(group[0].results, e.results):
+                group.append(e)
+                break
+        else:
+            groups.append([e])
+
+    def order(group: list[Entry]) -> tuple[Any, ...]:
+        r = group[0].results
+        return (r.dataset.name, -len(r.spec["seeds"]), -r.spec["loop"]["generations"], -len(group), r.run_id)
+
+    return [Track(i, tuple(g)) for i, g in enumerate(sorted(groups, key=order), 1)]
+
+
+def ranked_tracks(entries: Sequence[Entry], by: str = "A_bar", *,
+                  reverse: bool = False) -> list[tuple[Track, list[dict[str, Any]]]]:
+    """Every track with its rows (:func:`entry_rows`) ranked within it by :func:`sort_rows`; each row also
+    gets ``track`` (the track's number)."""
+    sort_rows([], by)  # an unknown column is an error even on an empty board
+    out = []
+    for track in group_tracks(entries):
+        rows = sort_rows(entry_rows(track.entries), by, reverse=reverse)
+        out.append((track, [{**r, "track": track.number} for r in rows]))
+    return out
 
 
 def generation_table(a: Results, b: Results, classifier: str,

@@ -21,6 +21,54 @@ from harness.errors import BenchError
 
 CLASSIFIER_METRICS = (("acc", "accuracy"), ("meo", "MEO (eq. 2)"), ("di", "DI (eq. 3)"), ("md", "MD (eq. 4)"))
 
+#: The values each quantity can take (``None``: unbounded on that side). Intervals are drawn clipped to them: a
+#: t-interval of a mean accuracy near 1 can reach past 1, which no accuracy can.
+METRIC_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    **{k: (0.0, 1.0) for k in ("acc", "meo", "md", "worst", "dp", "eodds", "bias_gap", "q", "u", "B")},
+    "di": (None, 1.0),  # 1 − mean |P_i/P_j − 1|: negative under strong disparity
+    "fid": (0.0, None),
+    "kid": (None, None),  # the unbiased estimator can be slightly negative
+    "A": (0.0, None),
+    "A_bar": (0.0, None),
+}
+
+
+def clip_interval(key: str, low: float | None, high: float | None) -> tuple[float | None, float | None]:
+    """``(low, high)`` moved inside :data:`METRIC_BOUNDS` of ``key`` (unchanged for an unknown key or None)."""
+    lower, upper = METRIC_BOUNDS.get(key, (None, None))
+
+    def clip(v: float | None) -> float | None:
+        if v is None or v != v:
+            return v
+        if lower is not None and v < lower:
+            return lower
+        if upper is not None and v > upper:
+            return upper
+        return v
+
+    return clip(low), clip(high)
+
+
+def bias_stats(results: Any, classifier: str) -> list[tuple[float | None, float | None, float | None]]:
+    """``(B_t, low, high)`` per finished generation for one classifier: ``B_t`` as the amplification block holds
+    it, and the 95% interval of the metric it is made of (``1-meo``: ``1 − meo``; ``md``; ``gap``: ``bias_gap``)
+    turned into one of ``B_t``, inside ``[0, 1]``. ``(None, None, None)`` where undefined."""
+    amp = results.amplification
+    measure = amp.measure if amp is not None else results.spec.get("metrics", {}).get("bias", "1-meo")
+    pc = amp.per_classifier.get(classifier) if amp is not None else None
+    out = []
+    for g in results.generations:
+        stat = getattr(g.classifiers[classifier].mean, {"1-meo": "meo", "md": "md", "gap": "bias_gap"}[measure])
+        mean = pc.bias[g.generation] if pc is not None and g.generation < len(pc.bias) else None
+        if mean is None and stat.mean is not None:
+            mean = 1.0 - stat.mean if measure == "1-meo" else stat.mean
+        low, high = stat.ci_low, stat.ci_high
+        if measure == "1-meo" and low is not None and high is not None:
+            low, high = 1.0 - high, 1.0 - low
+        low, high = clip_interval("B", low, high)
+        out.append((mean, low, high))
+    return out
+
 
 def _figure(ncols: int, nrows: int = 1, *, width: float = 3.6, height: float = 3.0) -> Any:
     from matplotlib.figure import Figure
@@ -175,7 +223,7 @@ def amplification_figure(results: Any, path: Path) -> Path | None:
         ax.legend(fontsize="small")
     fit = amp.fit
     note = (f"fit: a = {fit.a.estimate:.3g}, b = {fit.b.estimate:.3g}, R² = {fit.r2:.3g} ({fit.n_points} points)"
-            if fit.status == "ok" and None not in (fit.a.estimate, fit.b.estimate, fit.r2) else f"fit: {fit.message}")
+            if fit.status == "identified" and None not in (fit.a.estimate, fit.b.estimate, fit.r2) else f"fit: {fit.message}")
     fig.suptitle(f"{results.run_id}: bias amplification (eq. 6)\n" + "\n".join(_wrap(note, 110)),
                  fontsize="medium")
     return _save(fig, path)
