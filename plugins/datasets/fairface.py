@@ -17,9 +17,9 @@ CSV.)
 
 On disk (the release, github.com/joojs/fairface): ``<data_root>/fairface/`` (or ``FairFace/``, or ``<data_root>``
 itself) holding ``fairface_label_train.csv`` and ``fairface_label_val.csv`` — a header ``file,age,gender,race,
-service_test`` then rows such as ``train/1.jpg,50-59,Male,East Asian,True`` — and the images they name,
-``train/<n>.jpg`` and ``val/<n>.jpg`` (224×224, from ``fairface-img-margin025-trainval.zip``; the 1.25-margin
-release has the same layout). No checksums are published: the CSVs are checked for their columns and values,
+service_test`` (``service_test`` is not used) then rows such as ``train/1.jpg,50-59,Male,East Asian,True`` — and
+the images they name, ``train/<n>.jpg`` and ``val/<n>.jpg`` (224×224, from
+``fairface-img-margin025-trainval.zip``; the 1.25-margin release has the same layout). No checksums are published: the CSVs are checked for their columns and values,
 every image used must exist, and one that cannot be decoded stops the load naming it. Images are decoded once
 into the shard cache (centre ``crop`` of the square image, resampled to ``resolution``²).
 """
