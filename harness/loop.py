@@ -11,13 +11,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.engine.plan import RESULT, Unit, generation_blocks, plan, unit
+from harness.engine.plan import Unit, generation_blocks, plan, unit
 from harness.engine.progress import RunLog
+from harness.engine.records import ClassifierResult, EvaluateResult, read_record
 from harness.engine.rundir import read_json, write_json
 from harness.engine.stages import RunContext
 from harness.errors import RunDirError
 from harness.measure.fid import preflight as fid_preflight
-from harness.publish.results import collect_results, git_commit, write_results
+from harness.plugin import factory
+from harness.plugin.manager import Plugins
+from harness.publish.results import Results, collect_results, git_commit, write_results
 from harness.scale.executor import LocalExecutor
 from harness.specs import RunSpec
 
@@ -38,14 +41,13 @@ def prepare_run_dir(spec: RunSpec) -> Path:
     return run_dir
 
 
-def run(spec: RunSpec, plugins: Any, *, reporter: Any = None, executor: Any = None) -> Any:
+def run(spec: RunSpec, plugins: Plugins, *, reporter: Any = None, executor: Any = None) -> Results:
     """Run (or resume) the whole plan, then write and return ``results.json`` (:class:`harness.publish.results.Results`)."""
     reporter = RunLog(spec, reporter)  # log lines (logger `bench`, RUN_DIR/run.log) around the caller's bars
     ctx = RunContext(spec, spec.run_dir, plugins, reporter)
     _ = ctx.data  # load (and verify) the dataset first: missing data fails before any work or progress
     for kind, pspec in (("generators", spec.generator), ("filters", spec.filter)):
-        cls, _ = plugins.registry(kind).get(pspec.name)
-        cls.preflight(cls.Options.model_validate(pspec.options))  # missing weights fail before any work
+        factory.preflight(kind, pspec, plugins)  # missing weights fail before any work
     if spec.metrics.fid.backbone != "none":
         fid_preflight(spec.metrics.fid.backbone)  # missing FID weights fail now, not after a generation of work
     run_dir = prepare_run_dir(spec)
@@ -84,10 +86,10 @@ def run(spec: RunSpec, plugins: Any, *, reporter: Any = None, executor: Any = No
 
 
 def _generation_record(ctx: RunContext, seed: int, t: int) -> dict[str, Any]:
-    def read(u: Unit) -> dict[str, Any]:
-        return read_json(u.directory(ctx.run_dir) / RESULT)
-
-    return {
-        "classifiers": {m: read(unit("classifier", seed, t, m))["metrics"] for m in ctx.spec.classifier_names},
-        "generator": read(unit("evaluate", seed, t)) if t > 0 else None,
-    }
+    """The ``record`` of the ``on_generation_end`` hook: plain JSON data, as documented in :mod:`harness.hookspecs`."""
+    classifiers = {}
+    for m in ctx.spec.classifier_names:
+        result = read_record(unit("classifier", seed, t, m), ctx.run_dir, ClassifierResult)
+        classifiers[m] = result.metrics.model_dump(mode="json")
+    evaluated = read_record(unit("evaluate", seed, t), ctx.run_dir, EvaluateResult) if t > 0 else None
+    return {"classifiers": classifiers, "generator": evaluated.model_dump(mode="json") if evaluated else None}

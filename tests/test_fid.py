@@ -6,17 +6,17 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 
-from harness.measure import fid
+from harness.engine.rundir import load_tensors
 from harness.errors import ConfigError, WeightsError
 from harness.imageset import ImageSet
-from harness.engine.rundir import load_tensors
+from harness.measure import fid
+from harness.specs import FidSpec
 
 
 @pytest.fixture(autouse=True)
@@ -27,12 +27,12 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def make_ctx(tmp_path: Path, test: ImageSet, backbone: str = fid.RANDOM_TEST, samples: int = 10_000,
-             real_samples: int = 10_000, kid_subset_size: int = 1000) -> SimpleNamespace:
-    spec = SimpleNamespace(metrics=SimpleNamespace(fid=SimpleNamespace(
-        backbone=backbone, samples=samples, real_samples=real_samples, kid_subset_size=kid_subset_size)))
-    return SimpleNamespace(spec=spec, data=SimpleNamespace(test=test), device="cpu",
-                           run_dir=tmp_path / "runs" / "some-run")
+def scores(tmp_path: Path, test: ImageSet, samples_set: ImageSet, backbone: str = fid.RANDOM_TEST,
+           samples: int = 10_000, real_samples: int = 10_000, kid_subset_size: int = 1000) -> dict:
+    """``generator_scores`` as the evaluate unit of a run in ``tmp_path/runs`` calls it."""
+    spec = FidSpec(backbone=backbone, samples=samples, real_samples=real_samples, kid_subset_size=kid_subset_size)
+    return fid.generator_scores(samples_set, test, spec, device="cpu",
+                                cache=fid.cache_dir(tmp_path / "runs" / "some-run"))
 
 
 def random_set(n: int, seed: int, channels: int = 1, size: int = 28) -> ImageSet:
@@ -193,7 +193,7 @@ def test_missing_weights_stop_with_one_sentence(monkeypatch, tmp_path):
         fid.preflight(fid.INCEPTION)
     fid.preflight("none"), fid.preflight(fid.RANDOM_TEST)
     with pytest.raises(WeightsError):  # the whole unit stops, it does not report a null FID
-        fid.generator_scores(make_ctx(tmp_path, random_set(4, 0), fid.INCEPTION), random_set(4, 1))
+        scores(tmp_path, random_set(4, 0), random_set(4, 1), fid.INCEPTION)
 
     monkeypatch.setenv(fid.ENV_WEIGHTS, str(tmp_path / "nope.pt"))
     with pytest.raises(WeightsError, match="is not a file"):
@@ -231,13 +231,13 @@ def test_env_weights_win_and_unknown_files_are_labelled(monkeypatch, tmp_path):
     choice = fid.locate_inception_weights()
     assert (choice.kind, choice.origin, choice.path) == ("torchscript", "env", script)
     test = random_set(4, 0, channels=3, size=8)
-    result = fid.generator_scores(make_ctx(tmp_path, test, fid.INCEPTION), random_set(5, 1, channels=3, size=8))
+    result = scores(tmp_path, test, random_set(5, 1, channels=3, size=8), fid.INCEPTION)
     assert result["fid_provenance"]["comparable"] is False and "not a known TF-2015" in result["fid_note"]
     assert result["fid_provenance"]["weights_sha256"] == fid.file_sha256(script) and result["fid"] > 0
 
     monkeypatch.setenv(fid.ENV_WEIGHTS, str(_script(_ChannelMeans(5), tmp_path / "wrong-dim.pt")))
     with pytest.raises(WeightsError, match="expected"):
-        fid.generator_scores(make_ctx(tmp_path, test, fid.INCEPTION), test)
+        scores(tmp_path, test, test, fid.INCEPTION)
 
 
 # --------------------------------------------------------------------------------------------------- the unit's scores
@@ -245,15 +245,14 @@ def test_env_weights_win_and_unknown_files_are_labelled(monkeypatch, tmp_path):
 
 def test_scores_provenance_and_real_feature_cache(monkeypatch, tmp_path):
     test, samples = random_set(40, 0), random_set(30, 1)
-    ctx = make_ctx(tmp_path, test, samples=20, real_samples=25, kid_subset_size=10)
     calls: list[int] = []
     real_extract = fid.extract_features
     monkeypatch.setattr(fid, "extract_features", lambda ex, images, *a, **k: calls.append(len(images))
                         or real_extract(ex, images, *a, **k))
 
-    first = fid.generator_scores(ctx, samples)
+    first = scores(tmp_path, test, samples, samples=20, real_samples=25, kid_subset_size=10)
     assert calls == [25, 20]  # real (subsampled, deterministic), then generated
-    second = fid.generator_scores(ctx, samples)
+    second = scores(tmp_path, test, samples, samples=20, real_samples=25, kid_subset_size=10)
     assert calls == [25, 20, 20]  # the real features came from the cache
     assert first == second
     assert len(list((tmp_path / "runs" / ".cache" / "fid").glob("real-random-conv-test-25-*.safetensors"))) == 1
@@ -265,7 +264,7 @@ def test_scores_provenance_and_real_feature_cache(monkeypatch, tmp_path):
     assert (prov["real_samples"], prov["generated_samples"], prov["kid_subset_size"]) == (25, 20, 10)
     assert prov["feature_dim"] == 128 and len(prov["weights_sha256"]) == 64 and prov["resize"]
 
-    fid.generator_scores(make_ctx(tmp_path, test, samples=20, real_samples=30, kid_subset_size=10), samples)
+    scores(tmp_path, test, samples, samples=20, real_samples=30, kid_subset_size=10)
     assert calls[-2:] == [30, 20]  # another real subset: another cache entry
 
     idx = fid.deterministic_subset(40, 25)
@@ -283,7 +282,7 @@ def test_real_inception_graph_on_four_images(monkeypatch, tmp_path):
     monkeypatch.delenv(fid.ENV_WEIGHTS, raising=False)
     monkeypatch.setattr(fid, "_torch_fidelity_file", lambda: None)
     test = random_set(4, 3)
-    result = fid.generator_scores(make_ctx(tmp_path, test, fid.INCEPTION), test)  # identical sets
+    result = scores(tmp_path, test, test, fid.INCEPTION)  # identical sets
     prov = result["fid_provenance"]
     assert prov["weights_sha256"] == fid.FID_HELPER_SHA256 and prov["comparable"] is True
     assert prov["feature_dim"] == 2048 and prov["resize"] == "tf1-bilinear-299"

@@ -12,10 +12,11 @@ import torch
 
 from harness import loop
 from harness.engine.plan import plan, queue_generations, unit
+from harness.engine.records import ClassifierResult, FilterResult, GeneratorResult, MixResult, read_record
+from harness.engine.rundir import load_tensors
 from harness.engine.selection import keep_top_per_class, proportional_labels
 from harness.engine.stages import RunContext
 from harness.imageset import ImageSet
-from harness.engine.rundir import load_tensors, read_json
 from harness.specs import build_spec, resolve_spec
 
 sys.path.insert(0, str(Path(__file__).parent / "example_plugin"))
@@ -115,17 +116,16 @@ def test_queue_mix_and_keep_on_a_real_run(tmp_path, example_plugins):
         mix = load_tensors(unit("mix", 0, t).directory(run_dir) / "mix.safetensors")
         gens = set(mix["generation"].tolist())
         assert gens <= set(queue_generations(spec, t)), (t, gens)
-        info = read_json(unit("mix", 0, t).directory(run_dir) / "result.json")
-        pool = info["pool"]
-        assert info["synthetic"] == min(pool, int(0.5 * n_real + 0.5))
-        filt = read_json(unit("filter", 0, t).directory(run_dir) / "result.json")
-        per_class = [k + d for k, d in zip(filt["kept_per_class"], filt["dropped_per_class"])]
-        assert filt["kept_per_class"] == [int(0.8 * n + 0.5) for n in per_class]
-        clf = read_json(unit("classifier", 0, t, "lenet").directory(run_dir) / "result.json")
-        assert clf["train_size"] == {"real": n_real, "synthetic": info["synthetic"]}
-        gen = read_json(unit("generator", 0, t).directory(run_dir) / "result.json")
-        prev = n_real if t == 1 else n_real + read_json(unit("mix", 0, t - 1).directory(run_dir) / "result.json")["synthetic"]
-        assert gen["train_size"] == prev  # g_t is trained on D_{t-1}
+        info = read_record(unit("mix", 0, t), run_dir, MixResult)
+        assert info.synthetic == min(info.pool, int(0.5 * n_real + 0.5))
+        filt = read_record(unit("filter", 0, t), run_dir, FilterResult)
+        per_class = [k + d for k, d in zip(filt.kept_per_class, filt.dropped_per_class)]
+        assert filt.kept_per_class == [int(0.8 * n + 0.5) for n in per_class]
+        clf = read_record(unit("classifier", 0, t, "lenet"), run_dir, ClassifierResult)
+        assert (clf.train_size.real, clf.train_size.synthetic) == (n_real, info.synthetic)
+        gen = read_record(unit("generator", 0, t), run_dir, GeneratorResult)
+        prev = n_real if t == 1 else n_real + read_record(unit("mix", 0, t - 1), run_dir, MixResult).synthetic
+        assert gen.train_size == prev  # g_t is trained on D_{t-1}
     # one results row per generation, every SPEC §3 metric for every classifier
     g = results.generations[-1]
     m = g.classifiers["lenet"].per_seed[0]
@@ -185,8 +185,8 @@ def test_resume_after_losing_units_gives_identical_results(tmp_path, example_plu
 
 
 def test_a_run_dir_of_another_spec_is_refused(tmp_path, example_plugins):
-    from harness.errors import RunDirError
     from harness.engine.rundir import write_json
+    from harness.errors import RunDirError
 
     spec, _ = run_tiny(tmp_path, example_plugins, loop={"generations": 1, "samples_per_generation": 50})
     write_json(spec.run_dir / "spec.json", {"spec_hash": "0" * 64, "spec": {}})

@@ -9,9 +9,9 @@ machines (an executor's choice), ends with the same numbers.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
-import time
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +22,32 @@ import torch
 
 from harness.engine.plan import RESULT, Unit, queue_generations, unit
 from harness.engine.progress import NullReporter
-from harness.engine.rundir import load_tensors, read_json, save_tensors, write_json
+from harness.engine.records import (
+    ClassifierMetrics,
+    ClassifierResult,
+    EvaluateResult,
+    FilterResult,
+    GeneratorResult,
+    MixResult,
+    OracleResult,
+    SampleResult,
+    StageResult,
+    Stopwatch,
+    TrainingStats,
+    TrainSize,
+    VariantResult,
+    parse_record,
+)
+from harness.engine.rundir import (
+    DamagedUnitError,
+    load_tensors,
+    read_result,
+    save_tensors,
+    unit_inputs,
+    unit_problem,
+    verify_file,
+    write_result,
+)
 from harness.engine.selection import (
     balanced_resample,
     keep_top_per_class,
@@ -47,7 +72,11 @@ from harness.interfaces import (
 )
 from harness.measure import fid as fid_module
 from harness.measure.metrics import classifier_metrics
-from harness.specs import RunSpec, validate_options
+from harness.plugin import factory
+from harness.plugin.manager import Plugins
+from harness.specs import RunSpec
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------- context
 
@@ -61,7 +90,7 @@ def seed_everything(seed: int) -> None:
 class RunContext:
     """Everything a unit needs, built lazily and cached per process: the resolved spec, plugins, the dataset."""
 
-    def __init__(self, spec: RunSpec, run_dir: Path, plugins: Any, reporter: Any = None):
+    def __init__(self, spec: RunSpec, run_dir: Path, plugins: Plugins, reporter: Any = None):
         self.spec = spec
         self.run_dir = run_dir
         self.plugins = plugins
@@ -69,20 +98,15 @@ class RunContext:
         self.device = resolve_device(spec.device)
         self.precision = resolve_precision(spec.precision, self.device)
         self._trainsets: dict[tuple[int, int], ImageSet] = {}
+        self._oracle: TrainedClassifier | None = None
 
     # ---------------------------------------------------------------- plugins
-
-    def _instance(self, kind: str, plugin_spec: Any, **kwargs: Any) -> Any:
-        cls, variant = self.plugins.registry(kind).get(plugin_spec.name)
-        options = cls.Options.model_validate(validate_options(kind, plugin_spec, cls))
-        if kind == "classifiers":
-            kwargs["variant"] = variant
-        return cls(options, **kwargs)
 
     @cached_property
     def dataset_plugin(self) -> Dataset:
         cache = (self.spec.data_root or self.run_dir.parent) / ".cache"
-        return self._instance("datasets", self.spec.dataset, data_root=self.spec.data_root, cache_dir=cache)
+        return factory.create("datasets", self.spec.dataset, plugins=self.plugins, data_root=self.spec.data_root,
+                              cache_dir=cache)
 
     @cached_property
     def data(self) -> DatasetBundle:
@@ -97,13 +121,13 @@ class RunContext:
 
     def new_generator(self, runtime: Runtime) -> Generator:
         c, h, _ = self.image_shape
-        return self._instance(
-            "generators", self.spec.generator, num_classes=self.data.num_classes, channels=c, image_size=h,
-            class_names=self.data.class_names, runtime=runtime,
+        return factory.create(
+            "generators", self.spec.generator, plugins=self.plugins, num_classes=self.data.num_classes, channels=c,
+            image_size=h, class_names=self.data.class_names, runtime=runtime,
         )
 
     def new_filter(self) -> Filter:
-        return self._instance("filters", self.spec.filter)
+        return factory.create("filters", self.spec.filter, plugins=self.plugins)
 
     def new_classifier(self, name: str, *, oracle: bool = False) -> TrainedClassifier:
         if oracle:
@@ -112,7 +136,7 @@ class RunContext:
         else:
             pspec = next(c for c in self.spec.classifiers if c.name == name)
             num_classes = self.data.num_classes
-        plugin = self._instance("classifiers", pspec)
+        plugin = factory.create("classifiers", pspec, plugins=self.plugins)
         c, h, _ = self.image_shape
         return build_classifier(
             name, plugin, num_classes=num_classes, channels=c, image_size=h, device=self.device,
@@ -141,12 +165,19 @@ class RunContext:
     def oracle_outputs(self) -> int:
         return self.data.num_classes * (self.data.num_subgroups if self.oracle_joint else 1)
 
-    @cached_property
+    @property
     def oracle(self) -> TrainedClassifier:
-        clf = self.new_classifier("oracle", oracle=True)
-        clf.model.load_state_dict(load_tensors(unit("oracle", None, 0).directory(self.run_dir) / "model.safetensors"))
-        clf.model.eval()
-        return clf
+        """The oracle the oracle unit trained: the one it kept in this process, else loaded from its unit."""
+        if self._oracle is None:
+            clf = self.new_classifier("oracle", oracle=True)
+            clf.model.load_state_dict(self.load_unit(unit("oracle", None, 0), "model.safetensors"))
+            clf.model.eval()
+            self._oracle = clf
+        return self._oracle
+
+    def keep_oracle(self, clf: TrainedClassifier) -> None:
+        """Use ``clf``, just trained and saved by the oracle unit, as :attr:`oracle` in this process."""
+        self._oracle = clf
 
     def oracle_predict(self, images: torch.Tensor, labels: torch.Tensor | None = None):
         """``(class prediction, subgroup prediction given labels or None)`` from the oracle."""
@@ -162,12 +193,23 @@ class RunContext:
 
     # ---------------------------------------------------------------- data of the loop
 
+    def unit_file(self, key_unit: Unit, filename: str) -> Path:
+        """The path of an output file of a finished unit, once checked against the unit's integrity record.
+
+        :raises DamagedUnitError: the file is missing, truncated or altered.
+        """
+        directory = key_unit.directory(self.run_dir)
+        problem = verify_file(directory, filename)
+        if problem is not None:
+            raise DamagedUnitError(key_unit.key, problem)
+        return directory / filename
+
     def load_unit(self, key_unit: Unit, filename: str) -> dict[str, torch.Tensor]:
-        return load_tensors(key_unit.directory(self.run_dir) / filename)
+        return load_tensors(self.unit_file(key_unit, filename))
 
     def filtered(self, seed: int, t: int) -> ImageSet:
         """F_t: the kept candidates of generation t, with their (possibly relabelled) labels."""
-        samples = ImageSet.load(unit("sample", seed, t).directory(self.run_dir) / "samples.safetensors")
+        samples = ImageSet.load(self.unit_file(unit("sample", seed, t), "samples.safetensors"))
         kept = self.load_unit(unit("filter", seed, t), "filtered.safetensors")
         return samples.subset(kept["index"]).with_labels(kept["labels"])
 
@@ -193,8 +235,7 @@ class RunContext:
         out = []
         for name in self.spec.classifier_names:
             clf = self.new_classifier(name)
-            path = unit("classifier", seed, t, name).directory(self.run_dir) / "model.safetensors"
-            clf.model.load_state_dict(load_tensors(path))
+            clf.model.load_state_dict(self.load_unit(unit("classifier", seed, t, name), "model.safetensors"))
             clf.model.eval()
             out.append(clf)
         return out
@@ -216,30 +257,31 @@ def fit_oracle(clf: TrainedClassifier, train: ImageSet, spec: RunSpec, runtime: 
                             patience=spec.metrics.oracle.patience, val=parts[1])
 
 
-def _oracle(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+def _oracle(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> OracleResult:
     data = ctx.data
     clf = ctx.new_classifier("oracle", oracle=True)
     stats = fit_oracle(clf, data.train, ctx.spec, ctx.runtime(u, out), joint=ctx.oracle_joint,
                        num_subgroups=data.num_subgroups)
     save_tensors(out / "model.safetensors", clf.model.state_dict())
-    ctx.__dict__["oracle"] = clf
+    ctx.keep_oracle(clf)
     cls, sub = ctx.oracle_predict(data.test.images, data.test.labels)
     known = data.test.subgroups >= 0
     sub_acc = None
     if sub is not None and bool(known.any()):
         sub_acc = (sub[known] == data.test.subgroups[known]).float().mean().item()
-    return {
-        "classifier": ctx.spec.metrics.oracle.classifier.name,
-        "joint": ctx.oracle_joint,
-        "training": "D_real with every subgroup cell oversampled to its class's largest (all images kept)",
-        "test_acc": (cls == data.test.labels).float().mean().item(),
-        "subgroup_test_acc": sub_acc,
-        "train": stats,
-        "_images": stats["images_seen"],
-    }
+    train = TrainingStats.model_validate(stats)
+    return OracleResult(
+        classifier=ctx.spec.metrics.oracle.classifier.name,
+        joint=ctx.oracle_joint,
+        training="D_real with every subgroup cell oversampled to its class's largest (all images kept)",
+        test_acc=(cls == data.test.labels).float().mean().item(),
+        subgroup_test_acc=sub_acc,
+        train=train,
+        timing=clock.timing(train.images_seen),
+    )
 
 
-def _classifier(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+def _classifier(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> ClassifierResult:
     assert u.seed is not None and u.name is not None
     data = ctx.data
     train = ctx.trainset(u.seed, u.generation)
@@ -255,30 +297,31 @@ def _classifier(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
     variants = {}
     for vname, variant in data.variants.items():
         acc = (preds[f"variant/{vname}"] == variant.labels).float().mean().item()
-        variants[vname] = {"acc": acc, "drop": metrics["acc"] - acc}
+        variants[vname] = VariantResult(acc=acc, drop=metrics["acc"] - acc)
     save_tensors(out / "model.safetensors", clf.model.state_dict())
     save_tensors(out / "predictions.safetensors", preds)
     synthetic = int((train.origin > 0).sum())
-    return {
-        "metrics": metrics,
-        "variants": variants,
-        "train": stats,
-        "train_size": {"real": len(train) - synthetic, "synthetic": synthetic},
-        "model": dict(clf.plugin.describe()),
-        "_images": stats["images_seen"],
-    }
+    training = TrainingStats.model_validate(stats)
+    return ClassifierResult(
+        metrics=ClassifierMetrics.model_validate(metrics),
+        variants=variants,
+        train=training,
+        train_size=TrainSize(real=len(train) - synthetic, synthetic=synthetic),
+        model=dict(clf.plugin.describe()),
+        timing=clock.timing(training.images_seen),
+    )
 
 
-def _generator(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+def _generator(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> GeneratorResult:
     assert u.seed is not None
     train = ctx.trainset(u.seed, u.generation - 1)
     gen = ctx.new_generator(ctx.runtime(u, out))
     stats = dict(gen.fit(train))
     save_tensors(out / "model.safetensors", gen.state_dict())
-    return {"train": stats, "train_size": len(train), "_images": int(stats.get("images_seen", 0))}
+    return GeneratorResult(train=stats, train_size=len(train), timing=clock.timing(int(stats.get("images_seen", 0))))
 
 
-def _sample(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+def _sample(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> SampleResult:
     assert u.seed is not None
     runtime = ctx.runtime(u, out)
     gen = ctx.new_generator(runtime)
@@ -294,13 +337,13 @@ def _sample(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
             f"the contract is uint8 {expected}"
         )
     ImageSet.create(images, labels, origin=u.generation).save(out / "samples.safetensors")
-    return {"count": total, "_images": total}
+    return SampleResult(count=total, timing=clock.timing(total))
 
 
-def _filter(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+def _filter(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> FilterResult:
     assert u.seed is not None
     t, L = u.generation, ctx.data.num_classes
-    candidates = ImageSet.load(unit("sample", u.seed, t).directory(ctx.run_dir) / "samples.safetensors")
+    candidates = ImageSet.load(ctx.unit_file(unit("sample", u.seed, t), "samples.safetensors"))
     plugin = ctx.new_filter()
     spec = ctx.spec
     relabel = spec.loop.labeler == "previous_classifier"
@@ -326,17 +369,17 @@ def _filter(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
     save_tensors(out / "filtered.safetensors", {"index": index, "labels": labels, "scores": scores})
     per_class = torch.bincount(candidates.labels, minlength=L)
     kept = torch.bincount(candidates.labels[index], minlength=L)
-    return {
-        "kept_per_class": kept.tolist(),
-        "dropped_per_class": (per_class - kept).tolist(),
-        "kept": int(index.numel()),
-        "relabeled": changed,
-        "filter": dict(plugin.describe()),
-        "_images": len(candidates),
-    }
+    return FilterResult(
+        kept_per_class=kept.tolist(),
+        dropped_per_class=(per_class - kept).tolist(),
+        kept=int(index.numel()),
+        relabeled=changed,
+        filter=dict(plugin.describe()),
+        timing=clock.timing(len(candidates)),
+    )
 
 
-def _mix(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+def _mix(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> MixResult:
     assert u.seed is not None
     spec, t = ctx.spec, u.generation
     queue = queue_generations(spec, t)
@@ -349,24 +392,25 @@ def _mix(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
         chosen = torch.sort(torch.randperm(gens.numel(), generator=torch.Generator().manual_seed(u.unit_seed))[:want]).values
         gens, pos = gens[chosen], pos[chosen]
     save_tensors(out / "mix.safetensors", {"generation": gens, "position": pos})
-    return {
-        "queue": queue,
-        "pool": int(sum(sizes)),
-        "real": 0 if spec.loop.regime == "replace" else n_real,
-        "synthetic": int(gens.numel()),
-        "synthetic_per_generation": {str(g): int((gens == g).sum()) for g in queue},
-    }
+    return MixResult(
+        queue=queue,
+        pool=int(sum(sizes)),
+        real=0 if spec.loop.regime == "replace" else n_real,
+        synthetic=int(gens.numel()),
+        synthetic_per_generation={str(g): int((gens == g).sum()) for g in queue},
+        timing=clock.timing(0),
+    )
 
 
 def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
     return 0.5 * float((p - q).abs().sum())
 
 
-def _evaluate(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
+def _evaluate(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> EvaluateResult:
     assert u.seed is not None
     data, t = ctx.data, u.generation
     L, G = data.num_classes, data.num_subgroups
-    samples = ImageSet.load(unit("sample", u.seed, t).directory(ctx.run_dir) / "samples.safetensors")
+    samples = ImageSet.load(ctx.unit_file(unit("sample", u.seed, t), "samples.safetensors"))
     kept = ctx.load_unit(unit("filter", u.seed, t), "filtered.safetensors")
     predicted, sub = ctx.oracle_predict(samples.images, samples.labels)
     q = (predicted == samples.labels).float().mean().item()
@@ -393,30 +437,32 @@ def _evaluate(ctx: RunContext, u: Unit, out: Path) -> dict[str, Any]:
         h = torch.bincount(x, minlength=L).double()
         return (h / h.sum()).tolist() if h.sum() > 0 else [0.0] * L
 
-    result: dict[str, Any] = {
-        "q": q,
-        "u": u_t,
-        "u_per_class": per_class_u,
-        "u_source": u_source if u_t is not None else None,
-        "class_balance": hist(kept["labels"]),
-        "oracle_class_balance": hist(predicted),
-        "fid": None,
-        "kid": None,
-        "fid_note": None,
-        "_images": len(samples),
-    }
-    result.update(_fid(ctx, samples))
-    return result
+    scores = _fid(ctx, samples)
+    return EvaluateResult(
+        q=q,
+        u=u_t,
+        u_per_class=per_class_u,
+        u_source=u_source if u_t is not None else None,
+        class_balance=hist(kept["labels"]),
+        oracle_class_balance=hist(predicted),
+        fid=scores.get("fid"),
+        kid=scores.get("kid"),
+        kid_std=scores.get("kid_std"),
+        fid_note=scores.get("fid_note"),
+        fid_provenance=scores.get("fid_provenance"),
+        timing=clock.timing(len(samples)),
+    )
 
 
 def _fid(ctx: RunContext, samples: ImageSet) -> dict[str, Any]:
     fid = ctx.spec.metrics.fid
     if fid.backbone == "none":
         return {"fid_note": "FID/KID disabled by the spec (metrics.fid.backbone = 'none')"}
-    return fid_module.generator_scores(ctx, samples)
+    return fid_module.generator_scores(samples, ctx.data.test, fid, device=ctx.device,
+                                       cache=fid_module.cache_dir(ctx.run_dir), reporter=ctx.reporter)
 
 
-STAGE_FUNCS: dict[str, Callable[[RunContext, Unit, Path], dict[str, Any]]] = {
+STAGE_FUNCS: dict[str, Callable[[RunContext, Unit, Path, Stopwatch], StageResult]] = {
     "oracle": _oracle,
     "generator": _generator,
     "sample": _sample,
@@ -431,18 +477,24 @@ def stage_label(u: Unit) -> str:
     return u.stage if u.name is None else f"{u.stage} {u.name}"
 
 
-def execute(ctx: RunContext, u: Unit) -> dict[str, Any]:
-    """Run one unit unless it is done; return its result. Writes ``result.json`` last, atomically."""
+def execute(ctx: RunContext, u: Unit) -> StageResult:
+    """Run one unit unless it is finished, intact and up to date; return its result. Writes ``result.json``
+    last, atomically, with the unit's integrity record (:func:`harness.engine.rundir.write_result`).
+
+    A finished unit that is damaged, or whose inputs changed since, is computed again after one warning (logger
+    ``harness.engine.stages``) naming the unit and the file.
+    """
     out = u.directory(ctx.run_dir)
     if (out / RESULT).exists():
-        return read_json(out / RESULT)
+        problem = unit_problem(ctx.run_dir, u)
+        if problem is None:
+            return parse_record(u, read_result(out))
+        log.warning("unit %s: %s; computing it again", u.key, problem)
+        (out / RESULT).unlink(missing_ok=True)
+    inputs = unit_inputs(ctx.run_dir, u)
     seed_everything(u.unit_seed)
-    t0 = time.perf_counter()
+    clock = Stopwatch(threads=torch.get_num_threads)
     with ctx.reporter.stage(f"seed {u.seed} gen {u.generation}: {stage_label(u)}" if u.seed is not None else stage_label(u)):
-        result = STAGE_FUNCS[u.stage](ctx, u, out)
-    seconds = time.perf_counter() - t0
-    images = result.pop("_images", 0)
-    result["timing"] = {"seconds": seconds, "images": images, "images_per_s": images / seconds if seconds else None,
-                        "threads": torch.get_num_threads()}
-    write_json(out / RESULT, result)
+        result = STAGE_FUNCS[u.stage](ctx, u, out, clock)
+    write_result(out, result.model_dump(mode="json"), inputs=inputs)
     return result

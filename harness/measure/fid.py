@@ -58,6 +58,7 @@ import torch
 from harness.engine.rundir import file_sha256
 from harness.errors import ConfigError, WeightsError
 from harness.imageset import ImageSet
+from harness.specs import FidSpec
 
 ENV_WEIGHTS = "BENCH_FID_WEIGHTS"
 INCEPTION = "inception-tf2015"
@@ -458,12 +459,14 @@ def deterministic_subset(n: int, k: int, seed: int = SUBSET_SEED) -> torch.Tenso
     return torch.sort(torch.randperm(n, generator=g)[:k]).values
 
 
-def cache_dir(ctx: Any) -> Path:
-    return Path(ctx.run_dir).parent / ".cache" / "fid"
+def cache_dir(run_dir: Path) -> Path:
+    """Where the real test set's features are cached: beside the run directories, shared by their runs."""
+    return Path(run_dir).parent / ".cache" / "fid"
 
 
-def real_features(ctx: Any, extractor: Extractor, real: ImageSet) -> torch.Tensor:
-    """Features of the (subsampled) real test set, from the cache when an identical computation was done."""
+def real_features(extractor: Extractor, real: ImageSet, *, device: str, cache: Path,
+                  reporter: Any = None) -> torch.Tensor:
+    """Features of the (subsampled) real test set, from ``cache`` when an identical computation was done."""
     from harness.engine.rundir import load_tensors, save_tensors
 
     key = {
@@ -476,7 +479,7 @@ def real_features(ctx: Any, extractor: Extractor, real: ImageSet) -> torch.Tenso
         "dtype": DTYPE,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    path = cache_dir(ctx) / f"real-{extractor.backbone}-{len(real)}-{digest[:20]}.safetensors"
+    path = Path(cache) / f"real-{extractor.backbone}-{len(real)}-{digest[:20]}.safetensors"
     if path.is_file():
         try:
             feats = load_tensors(path)["features"]
@@ -484,15 +487,14 @@ def real_features(ctx: Any, extractor: Extractor, real: ImageSet) -> torch.Tenso
                 return feats
         except Exception:  # a damaged cache file is recomputed and replaced
             pass
-    with _task(ctx, "FID features (real)", len(real)) as task:
-        feats = extract_features(extractor, real.images, str(ctx.device), task)
+    with _task(reporter, "FID features (real)", len(real)) as task:
+        feats = extract_features(extractor, real.images, device, task)
     save_tensors(path, {"features": feats}, metadata={k: str(v) for k, v in key.items()})
     return feats
 
 
 @contextlib.contextmanager
-def _task(ctx: Any, description: str, total: int) -> Iterator[Any]:
-    reporter = getattr(ctx, "reporter", None)
+def _task(reporter: Any, description: str, total: int) -> Iterator[Any]:
     if reporter is None:
         yield None
         return
@@ -500,11 +502,17 @@ def _task(ctx: Any, description: str, total: int) -> Iterator[Any]:
         yield task
 
 
-def generator_scores(ctx: Any, samples: ImageSet) -> dict[str, Any]:
-    """FID and KID of C_t (``samples``) against the real test set, with their provenance (SPEC §4)."""
-    spec = ctx.spec.metrics.fid
-    extractor = get_extractor(spec.backbone, str(ctx.device))
-    test = ctx.data.test
+def generator_scores(samples: ImageSet, test: ImageSet, spec: FidSpec, *, device: str, cache: Path,
+                     reporter: Any = None) -> dict[str, Any]:
+    """FID and KID of C_t (``samples``) against the real test set ``test``, with their provenance (SPEC §4).
+
+    :param spec: the run's ``metrics.fid``.
+    :param device: where the features are computed.
+    :param cache: the folder of cached real-set features (:func:`cache_dir`).
+    :param reporter: progress reporting (``task(description, total)``), or ``None``.
+    :returns: ``{fid, kid, kid_std, fid_note, fid_provenance}``.
+    """
+    extractor = get_extractor(spec.backbone, device)
     r_idx = deterministic_subset(len(test), spec.real_samples)
     real = test if r_idx is None else test.subset(r_idx)
     g_idx = deterministic_subset(len(samples), spec.samples)
@@ -524,12 +532,12 @@ def generator_scores(ctx: Any, samples: ImageSet) -> dict[str, Any]:
         return {"fid": None, "kid": None, "kid_std": None, "fid_note": "; ".join(notes),
                 "fid_provenance": provenance}
 
-    f_real = real_features(ctx, extractor, real)
-    with _task(ctx, "FID features (generated)", len(fake)) as task:
-        f_fake = extract_features(extractor, fake.images, str(ctx.device), task)
+    f_real = real_features(extractor, real, device=device, cache=cache, reporter=reporter)
+    with _task(reporter, "FID features (generated)", len(fake)) as task:
+        f_fake = extract_features(extractor, fake.images, device, task)
     fid, fid_info = frechet_distance(f_real, f_fake)
     kid, kid_std, kid_info = kernel_inception_distance(
-        f_real, f_fake, spec.kid_subset_size, device=str(ctx.device)
+        f_real, f_fake, spec.kid_subset_size, device=device
     )
     provenance |= kid_info | fid_info
     if fid_info.get("sqrtm_max_imag", 0.0) > 1e-3:

@@ -14,11 +14,28 @@ import platform
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harness.engine.plan import Unit, plan, unit
+from harness.engine.records import (
+    RECORDS,
+    ClassifierResult,
+    EvaluateResult,
+    FilterResult,
+    GeneratorResult,
+    OracleResult,
+    RecordT,
+    SampleResult,
+    StageResult,
+    TrainingStats,
+    read_record,
+)
 from harness.errors import BenchError
+
+if TYPE_CHECKING:  # pragma: no cover - RunContext imports torch; the schema half of this module must not
+    from harness.engine.stages import RunContext
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "leaderboard" / "schema.json"
@@ -143,7 +160,7 @@ class Estimate(Model):
 
 
 class Fit(Model):
-    status: Literal["ok", "too_few_points", "failed"]
+    status: Literal["identified", "not_identified", "too_few_points"]
     message: str
     n_points: int = Field(ge=0)
     n_seeds: int = Field(ge=0)
@@ -320,7 +337,31 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def provenance(ctx: Any, oracle: dict[str, Any] | None) -> Provenance:
+class _Finished:
+    """The records of a run's finished units, read once, by unit and typed by stage."""
+
+    def __init__(self, run_dir: Path, units: list[Unit]):
+        self.units = units
+        self._records: dict[str, StageResult] = {}
+        for u in units:
+            record = read_record(u, run_dir, RECORDS[u.stage])
+            if record is not None:
+                self._records[u.key] = record
+
+    def get(self, model: type[RecordT], u: Unit) -> RecordT | None:
+        record = self._records.get(u.key)
+        if record is not None and not isinstance(record, model):
+            raise TypeError(f"unit {u.key} records a {type(record).__name__}, not a {model.__name__}")
+        return record
+
+    def done(self, u: Unit) -> bool:
+        return u.key in self._records
+
+    def all(self) -> list[tuple[Unit, StageResult]]:
+        return [(u, self._records[u.key]) for u in self.units if u.key in self._records]
+
+
+def provenance(ctx: RunContext, oracle: dict[str, Any] | None, torch_threads: list[int]) -> Provenance:
     import torch
 
     from harness import __version__
@@ -351,54 +392,54 @@ def provenance(ctx: Any, oracle: dict[str, Any] | None) -> Provenance:
         dataset_source=dict(ctx.data.source),
         fid=None,
         oracle=oracle,
-        torch_threads=unit_threads(ctx),
+        torch_threads=torch_threads,
     )
 
 
-def unit_threads(ctx: Any) -> list[int]:
-    """The distinct torch thread counts recorded in the finished units' ``timing`` (sorted)."""
-    from harness.engine.plan import RESULT, plan
-    from harness.engine.rundir import read_json
-
-    counts = set()
-    for u in plan(ctx.spec):
-        path = u.directory(ctx.run_dir) / RESULT
-        if path.exists():
-            threads = read_json(path).get("timing", {}).get("threads")
-            if threads is not None:
-                counts.add(int(threads))
-    return sorted(counts)
+def _train_stats(train: TrainingStats) -> TrainStats:
+    return TrainStats(epochs=train.epochs, best_epoch=train.best_epoch, val_acc=train.val_acc,
+                      stopped_early=train.stopped_early, train_images=train.train_images,
+                      images_seen=train.images_seen)
 
 
-def _train_stats(train: dict[str, Any]) -> dict[str, Any]:
-    return {k: train[k] for k in TrainStats.model_fields}
+def _classifier_seed(seed: int, r: ClassifierResult) -> ClassifierSeedMetrics:
+    return ClassifierSeedMetrics(
+        seed=seed, **r.metrics.model_dump(),
+        variants={v: VariantAccuracy(acc=a.acc, drop=a.drop) for v, a in r.variants.items()},
+        train=_train_stats(r.train), train_size={"real": r.train_size.real, "synthetic": r.train_size.synthetic},
+    )
 
 
-def collect_results(ctx: Any, *, elapsed: float) -> Results:
+def _generator_seed(seed: int, ev: EvaluateResult, fl: FilterResult, gr: GeneratorResult,
+                    sm: SampleResult) -> GeneratorSeedMetrics:
+    return GeneratorSeedMetrics(
+        seed=seed, q=ev.q, u=ev.u, u_source=ev.u_source, fid=ev.fid, kid=ev.kid, kid_std=ev.kid_std,
+        fid_note=ev.fid_note, class_balance=ev.class_balance, oracle_class_balance=ev.oracle_class_balance,
+        kept_per_class=fl.kept_per_class, dropped_per_class=fl.dropped_per_class, relabeled=fl.relabeled,
+        generator_train_size=gr.train_size, candidates=sm.count,
+    )
+
+
+def collect_results(ctx: RunContext, *, elapsed: float) -> Results:
     """Build :class:`Results` from whatever units have finished (``status = "partial"`` if not all)."""
     import numpy as np
 
     from harness.measure.amplification import a_bar, amplification_factors, bias_value, fit_amplification
-    from harness.engine.plan import RESULT, plan, unit
-    from harness.engine.rundir import read_json
     from harness.measure.stats import aggregate, mean_ci
 
     spec, run_dir, data = ctx.spec, ctx.run_dir, ctx.data
-    units = plan(spec)
-
-    def result_of(u) -> dict[str, Any] | None:
-        path = u.directory(run_dir) / RESULT
-        return read_json(path) if path.exists() else None
+    finished = _Finished(run_dir, plan(spec))
+    units = finished.units
 
     # timing per stage, over every finished unit
     stages: dict[str, dict[str, float]] = {}
-    for u in units:
-        r = result_of(u)
-        if r is None:
-            continue
+    threads: set[int] = set()
+    for u, r in finished.all():
         s = stages.setdefault(u.stage, {"seconds": 0.0, "images": 0})
-        s["seconds"] += r["timing"]["seconds"]
-        s["images"] += r["timing"]["images"]
+        s["seconds"] += r.timing.seconds
+        s["images"] += r.timing.images
+        if r.timing.threads is not None:
+            threads.add(r.timing.threads)
     timing = Timing(
         total_s=elapsed,
         stages={k: StageTiming(seconds=v["seconds"], images=int(v["images"]),
@@ -411,7 +452,7 @@ def collect_results(ctx: Any, *, elapsed: float) -> Results:
     last = -1
     for t in range(spec.loop.generations + 1):
         block = [u for u in units if u.seed is not None and u.generation == t]
-        if all(u.is_done(run_dir) for u in block):
+        if all(finished.done(u) for u in block):
             last = t
         else:
             break
@@ -420,14 +461,8 @@ def collect_results(ctx: Any, *, elapsed: float) -> Results:
     for t in range(last + 1):
         classifiers = {}
         for m in spec.classifier_names:
-            per_seed = []
-            for s in spec.seeds:
-                r = result_of(unit("classifier", s, t, m))
-                metrics = {k: v for k, v in r["metrics"].items()}
-                per_seed.append(ClassifierSeedMetrics(
-                    seed=s, **metrics, variants=r["variants"], train=_train_stats(r["train"]),
-                    train_size=r["train_size"],
-                ))
+            per_seed = [_classifier_seed(s, finished.get(ClassifierResult, unit("classifier", s, t, m)))
+                        for s in spec.seeds]
             flat = [{k: v for k, v in p.model_dump().items() if k not in ("seed", "train", "train_size", "variants",
                                                                           "subgroup_acc")} for p in per_seed]
             agg = aggregate(flat)
@@ -437,21 +472,16 @@ def collect_results(ctx: Any, *, elapsed: float) -> Results:
             classifiers[m] = ClassifierRecord(per_seed=per_seed, mean=ClassifierAggregate(**agg))
         generator = None
         if t > 0:
-            gens = []
-            for s in spec.seeds:
-                ev = result_of(unit("evaluate", s, t))
-                fl = result_of(unit("filter", s, t))
-                gr = result_of(unit("generator", s, t))
-                sm = result_of(unit("sample", s, t))
-                gens.append(GeneratorSeedMetrics(
-                    seed=s, q=ev["q"], u=ev["u"], u_source=ev["u_source"], fid=ev["fid"], kid=ev["kid"], kid_std=ev.get("kid_std"),
-                    fid_note=ev["fid_note"], class_balance=ev["class_balance"],
-                    oracle_class_balance=ev["oracle_class_balance"], kept_per_class=fl["kept_per_class"],
-                    dropped_per_class=fl["dropped_per_class"], relabeled=fl["relabeled"],
-                    generator_train_size=gr["train_size"], candidates=sm["count"],
-                ))
+            gens = [
+                _generator_seed(s, finished.get(EvaluateResult, unit("evaluate", s, t)),
+                                finished.get(FilterResult, unit("filter", s, t)),
+                                finished.get(GeneratorResult, unit("generator", s, t)),
+                                finished.get(SampleResult, unit("sample", s, t)))
+                for s in spec.seeds
+            ]
             generator = GeneratorRecord(per_seed=gens, mean=GeneratorAggregate(
-                **{k: mean_ci([getattr(g, k) for g in gens]) for k in ("q", "u", "fid", "kid")}
+                q=mean_ci([g.q for g in gens]), u=mean_ci([g.u for g in gens]),
+                fid=mean_ci([g.fid for g in gens]), kid=mean_ci([g.kid for g in gens]),
             ))
         generations.append(GenerationRecord(generation=t, generator=generator, classifiers=classifiers))
 
@@ -479,24 +509,25 @@ def collect_results(ctx: Any, *, elapsed: float) -> Results:
         fit = fit_amplification(B, q, u, names, n_boot=spec.metrics.bootstrap, seed=0)
         amplification = Amplification(measure=measure, per_classifier=per_classifier, fit=Fit(**fit))
 
-    oracle = result_of(unit("oracle", None, 0))
+    oracle = finished.get(OracleResult, unit("oracle", None, 0))
     oracle_info = None if oracle is None else {
-        k: oracle[k] for k in ("classifier", "joint", "test_acc", "subgroup_test_acc")
+        "classifier": oracle.classifier, "joint": oracle.joint, "test_acc": oracle.test_acc,
+        "subgroup_test_acc": oracle.subgroup_test_acc,
     }
-    prov = provenance(ctx, oracle_info)
+    prov = provenance(ctx, oracle_info, sorted(threads))
     described = {}
     for m in spec.classifier_names:
-        r = result_of(unit("classifier", spec.seeds[0], 0, m))
+        r = finished.get(ClassifierResult, unit("classifier", spec.seeds[0], 0, m))
         if r is not None:
-            described[m] = r.get("model", {})
-    first_filter = result_of(unit("filter", spec.seeds[0], 1)) if spec.loop.generations else None
+            described[m] = r.model
+    first_filter = finished.get(FilterResult, unit("filter", spec.seeds[0], 1)) if spec.loop.generations else None
     prov = prov.model_copy(update={"classifiers": described,
-                                   "filter": (first_filter or {}).get("filter", {})})
-    fid_info = _fid_provenance(ctx, units, result_of)
+                                   "filter": first_filter.filter if first_filter is not None else {}})
+    fid_info = _fid_provenance(ctx, finished)
     if fid_info is not None:
         prov = prov.model_copy(update={"fid": fid_info})
     train, test = data.train, data.test
-    complete = last == spec.loop.generations and all(u.is_done(run_dir) for u in units)
+    complete = last == spec.loop.generations and all(finished.done(u) for u in units)
     return Results(
         schema_version=SCHEMA_VERSION,
         run_id=spec.run_id,
@@ -523,15 +554,13 @@ def collect_results(ctx: Any, *, elapsed: float) -> Results:
     )
 
 
-def _fid_provenance(ctx: Any, units: list, result_of: Any) -> dict[str, Any] | None:
+def _fid_provenance(ctx: RunContext, finished: _Finished) -> dict[str, Any] | None:
     fid = ctx.spec.metrics.fid
     if fid.backbone == "none":
         return None
-    for u in units:
-        if u.stage == "evaluate":
-            r = result_of(u)
-            if r is not None and r.get("fid_provenance"):
-                return r["fid_provenance"]
+    for u, r in finished.all():
+        if isinstance(r, EvaluateResult) and r.fid_provenance:
+            return r.fid_provenance
     return {"backbone": fid.backbone}
 
 

@@ -1,0 +1,186 @@
+"""What each work unit records in its ``result.json``: one pydantic model per stage.
+
+A stage function returns its record; :func:`harness.engine.stages.execute` writes it and reads a finished unit's
+file back through the same model, so the results collector and the lifecycle hooks read fields, not string
+keys, and a renamed field fails when a unit is read, not when a results file is assembled. Pure: no torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.engine.plan import RESULT, Unit
+from harness.engine.rundir import DamagedUnitError, read_result
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UnitTiming(Record):
+    """Wall time of one unit, the images it processed (trained on, sampled, scored) and its torch threads."""
+
+    seconds: float = Field(ge=0.0)
+    images: int = Field(ge=0)
+    images_per_s: float | None
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; None in older results.")
+
+
+class Stopwatch:
+    """Started when a unit starts; :meth:`timing` is the unit's :class:`UnitTiming` up to now.
+
+    :param threads: returns the torch thread count the unit runs with (read when the timing is taken).
+    """
+
+    def __init__(self, threads: Callable[[], int] | None = None) -> None:
+        self._start = time.perf_counter()
+        self._threads = threads
+
+    def timing(self, images: int) -> UnitTiming:
+        seconds = time.perf_counter() - self._start
+        return UnitTiming(seconds=seconds, images=images, images_per_s=images / seconds if seconds else None,
+                          threads=self._threads() if self._threads else None)
+
+
+class TrainingStats(Record):
+    """What :func:`harness.engine.training.train_classifier` reports."""
+
+    epochs: int = Field(ge=0)
+    best_epoch: int = Field(ge=0)
+    val_acc: float
+    stopped_early: bool
+    train_images: int = Field(ge=0)
+    images_seen: int = Field(ge=0)
+    seconds: float = Field(ge=0.0)
+    images_per_s: float | None
+
+
+class StageResult(Record):
+    timing: UnitTiming
+
+
+class OracleResult(StageResult):
+    classifier: str
+    joint: bool = Field(description="Predicts (class, subgroup) jointly (subgroups not observable from pixels).")
+    training: str
+    test_acc: float
+    subgroup_test_acc: float | None
+    train: TrainingStats
+
+
+class GeneratorResult(StageResult):
+    train: dict[str, Any] = Field(description="The generator plugin's own training statistics.")
+    train_size: int = Field(ge=0)
+
+
+class SampleResult(StageResult):
+    count: int = Field(ge=0)
+
+
+class FilterResult(StageResult):
+    kept_per_class: list[int]
+    dropped_per_class: list[int]
+    kept: int = Field(ge=0)
+    relabeled: int | None
+    filter: dict[str, Any] = Field(description="What the filter plugin describes about itself (e.g. weights).")
+
+
+class MixResult(StageResult):
+    queue: list[int]
+    pool: int = Field(ge=0)
+    real: int = Field(ge=0)
+    synthetic: int = Field(ge=0)
+    synthetic_per_generation: dict[str, int]
+
+
+class ClassifierMetrics(Record):
+    """:func:`harness.measure.metrics.classifier_metrics` on the real test set."""
+
+    acc: float
+    meo: float | None
+    di: float | None
+    md: float | None
+    worst_k: list[float | None]
+    dp: float | None
+    eodds: float | None
+    subgroup_acc: list[list[float | None]]
+    bias_gap: float | None
+
+
+class VariantResult(Record):
+    acc: float
+    drop: float
+
+
+class TrainSize(Record):
+    real: int = Field(ge=0)
+    synthetic: int = Field(ge=0)
+
+
+class ClassifierResult(StageResult):
+    metrics: ClassifierMetrics
+    variants: dict[str, VariantResult]
+    train: TrainingStats
+    train_size: TrainSize
+    model: dict[str, Any] = Field(description="What the classifier plugin built (input handling, weights).")
+
+
+class EvaluateResult(StageResult):
+    q: float
+    u: float | None
+    u_per_class: list[float | None] | None
+    u_source: Literal["pixels", "oracle"] | None
+    class_balance: list[float]
+    oracle_class_balance: list[float]
+    fid: float | None = None
+    kid: float | None = None
+    kid_std: float | None = None
+    fid_note: str | None = None
+    fid_provenance: dict[str, Any] | None = None
+
+
+RecordT = TypeVar("RecordT", bound="StageResult")
+
+RECORDS: dict[str, type[StageResult]] = {
+    "oracle": OracleResult,
+    "generator": GeneratorResult,
+    "sample": SampleResult,
+    "filter": FilterResult,
+    "mix": MixResult,
+    "classifier": ClassifierResult,
+    "evaluate": EvaluateResult,
+}
+
+
+def parse_record(u: Unit, data: Mapping[str, Any]) -> StageResult:
+    """A unit's result (``result.json`` without its integrity record) read through its stage's model.
+
+    :raises DamagedUnitError: the result does not fit the model (edited, or written by another version).
+    """
+    try:
+        return RECORDS[u.stage].model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "<root>"
+        raise DamagedUnitError(u.key, f"{RESULT} does not fit a {u.stage} result ({where}: {err['msg']})") from None
+
+
+def read_record(u: Unit, run_dir: Path, model: type[RecordT]) -> RecordT | None:
+    """The record of unit ``u`` in ``run_dir`` (``model``: its stage's record class); ``None`` if the unit has not
+    finished.
+
+    :raises DamagedUnitError: its ``result.json`` is damaged or does not fit ``model``.
+    """
+    if RECORDS[u.stage] is not model:
+        raise TypeError(f"unit {u.key} records a {RECORDS[u.stage].__name__}, not a {model.__name__}")
+    directory = u.directory(run_dir)
+    if not (directory / RESULT).exists():
+        return None
+    record = parse_record(u, read_result(directory))
+    assert isinstance(record, model)
+    return record
