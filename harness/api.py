@@ -22,6 +22,7 @@ from typing import Any
 
 from harness import loop
 from harness.errors import ConfigError
+from harness.plugin import factory
 from harness.plugin.manager import Plugins, default_plugins
 from harness.publish.results import Results
 from harness.specs import RunSpec, build_spec, load_config_file, resolve_spec
@@ -51,11 +52,7 @@ def build(
     else:
         raise ConfigError(f"a run takes a RunSpec, a mapping or a config file path, not {type(spec_or_config).__name__}")
 
-    def paper_defaults(name: str) -> Mapping[str, Any]:
-        cls, _ = plugins.registry("datasets").get(name)
-        return cls.paper_defaults
-
-    return resolve_spec(build_spec(preset, config, paper_defaults=paper_defaults), plugins)
+    return resolve_spec(build_spec(preset, config, paper_defaults=factory.paper_defaults(plugins)), plugins)
 
 
 def run(

@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, format_validation_error
+from harness.plugin import factory
+from harness.plugin.manager import Plugins
 
 
 class Spec(BaseModel):
@@ -307,50 +309,6 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
     return out
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation (``X``, ``X | None``, ``tuple[X, ...]``), if any."""
-    import typing
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _did_you_mean(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> str:
-    """`` (did you mean loop.generations?)`` for an unknown key ``loc`` close to a field of ``model`` there."""
-    import difflib
-
-    loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
-    path = [p for p in loc if not isinstance(p, int)]
-    node = model
-    for part in path[:-1]:
-        field = node.model_fields.get(part) if node is not None else None
-        node = _model_in(field.annotation) if field is not None else None
-    if node is None or not path:
-        return ""
-    close = difflib.get_close_matches(str(path[-1]), list(node.model_fields), n=1, cutoff=0.6)
-    if not close:
-        return ""
-    parts = [str(p) for p in loc[:-1]] + close
-    return f" (did you mean {'.'.join(parts)}?)"
-
-
-def format_validation_error(exc: ValidationError, where: str = "spec", model: type[BaseModel] | None = None) -> str:
-    """One line for the first problem in ``exc``; an unknown key close to a field of ``model`` gets a hint."""
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    msg = err["msg"].removeprefix("Value error, ")
-    value = err.get("input")
-    shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
-    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    hint = _did_you_mean(model, tuple(err["loc"])) if err["type"] == "extra_forbidden" else ""
-    return f"invalid {where}: {loc or '<root>'}: {msg}{shown}{more}{hint}"
-
-
 def build_spec(
     preset: str | None = "quick",
     config: Mapping[str, Any] | None = None,
@@ -381,27 +339,15 @@ def build_spec(
         raise ConfigError(format_validation_error(exc, model=RunSpec)) from None
 
 
-def validate_options(kind: str, plugin: PluginSpec, cls: type) -> dict[str, Any]:
-    """Validate ``plugin.options`` with ``cls.Options``; return them normalised (all defaults filled in)."""
-    try:
-        model = cls.Options.model_validate(plugin.options)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, where=f"options for {kind[:-1]} {plugin.name!r}",
-                                                  model=cls.Options)) from None
-    return model.model_dump(mode="json")
-
-
-def resolve_spec(spec: RunSpec, plugins: Any) -> RunSpec:
-    """Check every plugin name against its registry and normalise its options with its ``Options`` model.
-    Classifiers (and the oracle) also run :meth:`~harness.interfaces.Classifier.preflight`: their model names and
-    weights."""
+def resolve_spec(spec: RunSpec, plugins: Plugins) -> RunSpec:
+    """Check every plugin name against its registry and normalise its options with its ``Options`` model
+    (:func:`harness.plugin.factory.resolve`: the same validation that builds the plugin). Classifiers (and the
+    oracle) also run :meth:`~harness.interfaces.Classifier.preflight`: their model names and weights."""
 
     def norm(kind: str, p: PluginSpec) -> dict[str, Any]:
-        cls, variant = plugins.registry(kind).get(p.name)
-        options = validate_options(kind, p, cls)
-        if kind == "classifiers":  # an unknown model name or missing weights fail now, not after the oracle trained
-            cls.preflight(cls.Options.model_validate(options), variant=variant)
-        return {**p.model_dump(), "options": options}
+        # a classifier's unknown model name or missing weights fail now, not after the oracle trained
+        resolved = factory.preflight(kind, p, plugins) if kind == "classifiers" else factory.resolve(kind, p, plugins)
+        return {**p.model_dump(), "options": resolved.options.model_dump(mode="json")}
 
     data = spec.model_dump()
     data["dataset"] = norm("datasets", spec.dataset)

@@ -26,9 +26,9 @@ def test_paper_preset_follows_spec_section_2(plugins):
                                                   ("breeds", "resnet50", 0.4), ("hard-imagenet", "resnet50", 0.4)])
 def test_paper_oracle_per_dataset(plugins, dataset, oracle, keep):
     """The oracle is an instrument: LeNet (width 2, dropout) for MNIST, ResNet-50 for natural images."""
-    from harness.scale.sweep import paper_defaults_of
+    from harness.plugin import factory
 
-    spec = build_spec("paper", {"dataset": {"name": dataset}}, paper_defaults=paper_defaults_of(plugins))
+    spec = build_spec("paper", {"dataset": {"name": dataset}}, paper_defaults=factory.paper_defaults(plugins))
     assert spec.metrics.oracle.classifier.name == oracle and spec.filter.keep == keep
     if oracle == "lenet":
         assert spec.metrics.oracle.classifier.options == {"width": 2, "dropout": 0.5}
@@ -36,7 +36,7 @@ def test_paper_oracle_per_dataset(plugins, dataset, oracle, keep):
         assert spec.metrics.oracle.max_epochs == 50 and spec.metrics.oracle.patience == 5
     # an explicit oracle wins over the dataset's default
     spec = build_spec("paper", {"dataset": {"name": dataset}, "metrics": {"oracle": {"classifier": "alexnet"}}},
-                      paper_defaults=paper_defaults_of(plugins))
+                      paper_defaults=factory.paper_defaults(plugins))
     assert spec.metrics.oracle.classifier.name == "alexnet"
 
 

@@ -20,12 +20,9 @@ def check(
     option: list[str] = typer.Option([], "--option", "-o", help="A dataset option, KEY=VALUE (repeatable)."),
 ) -> None:
     """Check that a dataset's files are present and valid; exit 2 with how to get them otherwise."""
-    from harness.plugin.manager import default_plugins
-    from harness.specs import PluginSpec, parse_set, validate_options
+    from harness.plugin import factory
+    from harness.specs import PluginSpec, parse_set
 
-    plugins = default_plugins()
-    cls, _ = plugins.registry("datasets").get(name)
     pspec = PluginSpec(name=name, options=parse_set(option))
-    options = cls.Options.model_validate(validate_options("datasets", pspec, cls))
-    dataset = cls(options, data_root=data_root, cache_dir=(data_root or Path("runs")) / ".cache")
+    dataset = factory.create("datasets", pspec, data_root=data_root, cache_dir=(data_root or Path("runs")) / ".cache")
     typer.echo(f"{name}: ok — {dataset.check()}")

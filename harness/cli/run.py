@@ -177,6 +177,7 @@ def run(
     from rich.markup import escape
 
     from harness.plugin.manager import default_plugins
+    from harness.plugin import factory
     from harness.specs import build_spec, load_config_file, resolve_spec
 
     flags = dict(dataset=dataset, generator=generator, classifier=classifier, filter=filter, keep=keep,
@@ -185,11 +186,7 @@ def run(
     plugins = default_plugins()
     cfg = load_config_file(config) if config else {}
 
-    def paper_defaults(name: str) -> dict[str, Any]:
-        cls, _ = plugins.registry("datasets").get(name)
-        return dict(cls.paper_defaults)
-
-    spec = build_spec("quick", cfg, overrides_from_flags(**flags), paper_defaults=paper_defaults)
+    spec = build_spec("quick", cfg, overrides_from_flags(**flags), paper_defaults=factory.paper_defaults(plugins))
     spec = resolve_spec(spec, plugins)
     console = Console(stderr=True)
     if verify:
@@ -215,7 +212,8 @@ def run(
     if spec.run_dir.exists() and not spec.run_dir.is_dir():
         from harness.errors import RunDirError
 
-        raise RunDirError(f"{spec.run_dir} is a file, where this spec's run directory goes; move it or use another --out")
+        raise RunDirError(f"{spec.run_dir} is a file, where this spec's run directory goes; move it or use "
+                          "another --out")
     total = len(spec.seeds) * (spec.loop.generations + 1)
     bars = not quiet and console.is_terminal  # else (a log file, a pipe): a plain line per unit and generation
     reporter = RichReporter(total, console=console) if bars else NullReporter()
@@ -229,7 +227,7 @@ def run(
 
         if disk_full(exc):
             raise RunDirError(f"the disk holding {spec.run_dir} is full; free some space and run the same command "
-                              "again: finished units are kept, the unit that was being written is computed again") from None
+                              "again: finished units are kept, the unit being written is computed again") from None
         raise
     finally:
         reporter.close()

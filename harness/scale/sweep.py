@@ -24,13 +24,15 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.engine.progress import NullReporter, progress_task, rich_progress
 from harness.errors import BenchError, ConfigError
+from harness.plugin import factory
+from harness.plugin.manager import Plugins
 from harness.specs import RunSpec, build_spec, deep_merge, load_config_file, resolve_spec
 
 SWEEP_KEYS = ("base", "grid", "runs", "ray")
@@ -165,15 +167,7 @@ def label_of(overrides: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in overrides.items()) or "(base)"
 
 
-def paper_defaults_of(plugins: Any) -> Callable[[str], dict[str, Any]]:
-    def paper_defaults(name: str) -> dict[str, Any]:
-        cls, _ = plugins.registry("datasets").get(name)
-        return dict(cls.paper_defaults)
-
-    return paper_defaults
-
-
-def build_sweep(config: SweepConfig, plugins: Any, *, out: Path | str | None = None) -> list[SweepRun]:
+def build_sweep(config: SweepConfig, plugins: Plugins, *, out: Path | str | None = None) -> list[SweepRun]:
     """Build and resolve every run of the sweep; a :class:`ConfigError` names the run that is wrong."""
     runs: list[SweepRun] = []
     seen: dict[Path, int] = {}
@@ -182,7 +176,7 @@ def build_sweep(config: SweepConfig, plugins: Any, *, out: Path | str | None = N
         if out is not None:
             overrides["out"] = str(out)
         try:
-            spec = build_spec("quick", config.base, overrides, paper_defaults=paper_defaults_of(plugins))
+            spec = build_spec("quick", config.base, overrides, paper_defaults=factory.paper_defaults(plugins))
             spec = resolve_spec(spec, plugins)
         except ConfigError as exc:
             raise type(exc)(f"sweep run {i} ({label_of(flat)}): {exc}") from None
@@ -234,7 +228,7 @@ class Outcome:
 
 
 def run_sweep(
-    runs: Sequence[SweepRun], plugins: Any, *, executor: Any = None, reporter: Any = None
+    runs: Sequence[SweepRun], plugins: Plugins, *, executor: Any = None, reporter: Any = None
 ) -> list[Outcome]:
     """Run (or resume) every run of the sweep; return one :class:`Outcome` per run, in sweep order.
 
