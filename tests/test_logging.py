@@ -113,7 +113,7 @@ def test_library_runs_log_to_the_bench_logger_and_run_log_but_print_nothing(tiny
 
 def test_a_terminal_gets_bars_not_lines(tmp_path):
     cfg = write_config(tmp_path, loop={"generations": 0})
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TTY_COMPATIBLE": "1"}  # rich: treat stderr as a terminal
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FORCE_COLOR": "1"}  # rich (13.8 and later): stderr is a terminal
     r = subprocess.run(BENCH + ["run", "--config", str(cfg), "--out", str(tmp_path / "runs")], capture_output=True,
                        text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr

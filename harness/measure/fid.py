@@ -334,16 +334,19 @@ def _exact_fp32() -> Iterator[None]:
     if not torch.cuda.is_available():
         yield
         return
-    saved = []
-    for owner in (torch.backends.cudnn.conv, torch.backends.cuda.matmul):
-        if hasattr(owner, "fp32_precision"):
-            saved.append((owner, owner.fp32_precision))
-            owner.fp32_precision = "ieee"
+    owners = [getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul]
+    if all(hasattr(o, "fp32_precision") for o in owners):
+        flags = [(o, "fp32_precision", "ieee") for o in owners]
+    else:  # a torch from before the fp32_precision settings
+        flags = [(torch.backends.cudnn, "allow_tf32", False), (torch.backends.cuda.matmul, "allow_tf32", False)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in flags]
+    for owner, name, value in flags:
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        for owner, value in saved:
-            owner.fp32_precision = value
+        for owner, name, value in saved:
+            setattr(owner, name, value)
 
 
 def batch_size_for(device: str) -> int:
