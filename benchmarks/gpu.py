@@ -8,8 +8,9 @@ FID/KID arithmetic. For each: images/s, peak GPU memory and the share of wall ti
 copies, from a second, profiled pass; n/a on the CPU). Then:
 
 - the projected wall time of one ``paper`` generation on cifar20 (50,000 train / 10,000 test images) and of the
-  whole study (3 seeds × (oracle + generation 0 + 10 generations)), from the measured rates and the preset's
-  sizes, with the classifier epochs early stopping ends at as an assumption (``--epochs``, printed);
+  whole study (3 seeds × (generation 0 + 10 generations) + the oracle): every unit the harness plans for the
+  preset, costed from the measured rates and the preset's sizes, with the classifier epochs early stopping ends
+  at as an assumption (``--epochs``, printed);
 - the harness-vs-bare-loop ratio of classifier training (the same model, batch, precision and memory format,
   the bare loop over data pre-converted on the device);
 - on a GPU with Ray installed, the speed-up of running several LeNet-sized classifier units concurrently on one
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness.engine.plan import plan  # noqa: E402
 from harness.engine.progress import NullReporter  # noqa: E402
 from harness.engine.training import (  # noqa: E402
     autocast,
@@ -360,26 +362,39 @@ def main(argv: list[str] | None = None) -> int:
         eval_s = (val * size_d * e + CIFAR_TEST) / rate[f"classifier {name}: evaluate"]
         return train_s + eval_s
 
-    gen_s = d_t * spec.generator.options["epochs"] / rate["dcgan: train"]
-    sample_s = samples / rate["dcgan: sample"]
-    filter_s = samples / rate[f"filter {spec.filter.name} (5 classifiers)"]
-    clf_s = {c.name: classifier_unit(c.name, d_t) for c in spec.classifiers}
-    eval_s = samples / rate[f"oracle {oref.name}: evaluate"] + min(samples, n_fid) / fid_rate + fid_math
-    generation = gen_s + sample_s + filter_s + sum(clf_s.values()) + eval_s
-    oracle_s = (1 - val) * n_real * e / rate[f"classifier {oref.name}: train"] + CIFAR_TEST / rate[
-        f"oracle {oref.name}: evaluate"]
-    gen0 = sum(classifier_unit(c.name, n_real) for c in spec.classifiers)
-    real_fid = min(CIFAR_TEST, spec.metrics.fid.real_samples) / fid_rate
-    study = len(spec.seeds) * (gen0 + spec.loop.generations * generation) + oracle_s + real_fid
+    dcgan_epochs = spec.generator.options["epochs"]
+    cost = {  # seconds of one unit of each stage, from the measured rates
+        "oracle": lambda u: (1 - val) * n_real * e / rate[f"classifier {oref.name}: train"]
+        + CIFAR_TEST / rate[f"oracle {oref.name}: evaluate"],
+        "generator": lambda u: (n_real if u.generation == 1 else d_t) * dcgan_epochs / rate["dcgan: train"],
+        "sample": lambda u: samples / rate["dcgan: sample"],
+        "filter": lambda u: samples / rate[f"filter {spec.filter.name} (5 classifiers)"],
+        "mix": lambda u: 0.0,
+        "classifier": lambda u: classifier_unit(u.name, n_real if u.generation == 0 else d_t),
+        "control": lambda u: classifier_unit(u.name, n_real),  # the control twin trains on D_real
+        "evaluate": lambda u: samples / rate[f"oracle {oref.name}: evaluate"] + min(samples, n_fid) / fid_rate
+        + fid_math,
+    }
+    units = plan(spec)
+    unknown = sorted({u.stage for u in units} - set(cost))
+    if unknown:
+        raise SystemExit(f"the plan has stages this projection does not cost: {unknown}")
+    first = spec.seeds[0]
+    per_stage: dict[str, float] = {}
+    for u in units:
+        if u.seed == first and u.generation == 1:
+            per_stage[u.stage] = per_stage.get(u.stage, 0.0) + cost[u.stage](u)
+    generation = sum(per_stage.values())
+    real_fid = min(CIFAR_TEST, spec.metrics.fid.real_samples) / fid_rate  # once per run (cached)
+    study = sum(cost[u.stage](u) for u in units) + real_fid
     print()
     print(f"projected, `paper` on cifar20 ({n_real:,} train / {CIFAR_TEST:,} test; D_t = {d_t:,} images; "
-          f"{samples:,} candidates; dcgan {spec.generator.options['epochs']} epochs; classifiers and oracle "
-          f"{e:g} epochs each (assumed, early stopping); one unit at a time on this device):")
-    print(f"  one generation: {generation / 60:.1f} min = generator {gen_s:.0f} s + sample {sample_s:.0f} s + filter "
-          f"{filter_s:.0f} s + classifiers {sum(clf_s.values()):.0f} s ("
-          + ", ".join(f"{k} {v:.0f}" for k, v in clf_s.items()) + f") + evaluate {eval_s:.0f} s")
-    print(f"  whole study ({len(spec.seeds)} seeds × (generation 0 + {spec.loop.generations} generations) + oracle + "
-          f"real FID features): {study / 3600:.2f} h")
+          f"{samples:,} candidates; dcgan {dcgan_epochs} epochs; classifiers and oracle {e:g} epochs each "
+          f"(assumed, early stopping); every planned unit, one at a time on this device):")
+    print(f"  one generation: {generation / 60:.1f} min = "
+          + " + ".join(f"{stage} {sec:.0f} s" for stage, sec in per_stage.items() if sec > 0))
+    print(f"  whole study ({len(units)} units: {len(spec.seeds)} seeds × (generation 0 + {spec.loop.generations} "
+          f"generations) + oracle + real FID features): {study / 3600:.2f} h")
     if ratios:
         print("harness vs bare loop, classifier training (1 epoch, batch "
               f"{recipe.batch_size}, same model/precision/memory format):")

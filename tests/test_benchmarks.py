@@ -36,6 +36,6 @@ def test_gpu_benchmark_runs_on_the_cpu_at_the_tiny_size():
         assert float(cells[3].replace(",", "")) > 0  # images/s
         assert cells[4:] == ["n/a", "n/a"]  # no GPU memory or busy share on the CPU
     assert re.search(r"one generation: \d+\.\d min", out)
-    assert re.search(r"whole study \(3 seeds × \(generation 0 \+ 10 generations\).*: \d+\.\d\d h", out)
+    assert re.search(r"whole study \(\d+ units: 3 seeds × \(generation 0 \+ 10 generations\).*: \d+\.\d\d h", out)
     assert len(re.findall(r"ratio \d+\.\d\d", out)) == 5
     assert "fractional GPU (Ray num_gpus < 1): n/a on the CPU" in out
