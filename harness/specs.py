@@ -64,6 +64,9 @@ MAX_KID_SUBSET = 50_000
 MAX_SEEDS = 1000
 #: Bootstrap resamples each refit the amplification model: 10^5 take minutes.
 MAX_BOOTSTRAP = 100_000
+#: Replicates multiply every classifier unit (and its control twin): 100 × 2 arms × 5 classifiers is a thousand
+#: trainings per generation, past which a study should add seeds instead.
+MAX_REPLICATES = 100
 
 
 class LoopSpec(Spec):
@@ -83,6 +86,14 @@ class LoopSpec(Spec):
     labeler_classifier: str | None = Field(
         None, description="With labeler=previous_classifier: which classifier labels (default: the first)."
     )
+    control: bool = Field(
+        True, description="Train every classifier replicate's control twin on D_real alone at t >= 1 (SPEC §2)."
+    )
+    control_budget: Literal["steps", "recipe"] = Field(
+        "steps",
+        description="steps: the twin's optimizer steps up to its kept weights, on D_real (no early stopping); "
+        "recipe: the plain recipe on D_real (early stopping), as at generation 0.",
+    )
 
 
 class TrainingSpec(Spec):
@@ -98,6 +109,10 @@ class TrainingSpec(Spec):
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Held-out split of D_t for early stopping.")
     augment: Literal["none", "flip", "crop", "crop-flip"] = "none"
     eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH_SIZE)
+    replicates: int = Field(
+        1, ge=1, le=MAX_REPLICATES,
+        description="R: each classifier is trained R times per (seed, generation), each its own init and data order.",
+    )
 
 
 class OracleSpec(Spec):
@@ -123,12 +138,23 @@ class FidSpec(Spec):
     kid_subset_size: int = Field(1000, ge=2, le=MAX_KID_SUBSET)
 
 
+class VerdictSpec(Spec):
+    """The verdict of SPEC §5b: the paired effect of the synthetic data on the bias measure."""
+
+    epsilon: float = Field(0.01, gt=0.0, le=1.0, description="Practical-equivalence margin, in units of B.")
+    last_generations: int | None = Field(
+        None, ge=1, description="Average the effect over the last k generations only (None: all of t = 1..T)."
+    )
+    resamples: int = Field(2000, ge=2000, le=MAX_BOOTSTRAP, description="Hierarchical bootstrap resamples.")
+
+
 class MetricsSpec(Spec):
     fid: FidSpec = Field(default_factory=FidSpec)
     oracle: OracleSpec = Field(default_factory=OracleSpec)
     bias: Literal["1-meo", "md", "gap"] = Field("1-meo", description="B_t of SPEC §5.")
     bootstrap: int = Field(1000, ge=10, le=MAX_BOOTSTRAP,
                            description="Bootstrap resamples (over seeds) for the fit's intervals.")
+    verdict: VerdictSpec = Field(default_factory=VerdictSpec)
 
 
 class RunSpec(Spec):
@@ -207,8 +233,8 @@ QUICK: dict[str, Any] = {
                                                "mode_seeking": 1.0}},
     "classifiers": ["lenet", "timm:test_resnet"],
     "filter": {"name": "uncertainty", "keep": 0.9},
-    "loop": {"generations": 5, "samples_per_generation": 2000, "queue_capacity": 3, "mix_ratio": 0.5},
-    "training": {"max_epochs": 4, "patience": 2, "batch_size": 128, "lr": 1e-3},
+    "loop": {"generations": 5, "samples_per_generation": 2000, "queue_capacity": 3, "mix_ratio": 0.5, "control": True},
+    "training": {"max_epochs": 4, "patience": 2, "batch_size": 128, "lr": 1e-3, "replicates": 1},
     "metrics": {"fid": {"backbone": "none"}},
     "seeds": [0],
 }
@@ -220,8 +246,9 @@ PAPER: dict[str, Any] = {
     "generator": {"name": "dcgan", "options": {}},
     "classifiers": ["lenet", "alexnet", "vgg19", "resnet50", "mobilenet-v3"],
     "filter": {"name": "uncertainty", "keep": 0.9},
-    "loop": {"generations": 10, "samples_per_generation": None, "queue_capacity": 3, "mix_ratio": 0.5},
-    "training": {"optimizer": "adam", "lr": 1e-3, "max_epochs": 50, "patience": 5},
+    "loop": {"generations": 10, "samples_per_generation": None, "queue_capacity": 3, "mix_ratio": 0.5,
+             "control": True},
+    "training": {"optimizer": "adam", "lr": 1e-3, "max_epochs": 50, "patience": 5, "replicates": 3},
     "metrics": {"fid": {"backbone": "inception-tf2015", "samples": 10_000, "real_samples": 10_000}},
     "seeds": [0, 1, 2],
 }

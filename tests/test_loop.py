@@ -76,10 +76,10 @@ def test_plan_order_respects_dependencies():
         assert set(u.deps) <= seen, u.key
         seen.add(u.key)
     assert len({u.key for u in units}) == len(units)
-    # generation 0 is classifiers only; later generations have all six stages
+    # generation 0 is classifiers only; later generations have all seven stages (the quick preset has a control arm)
     assert {u.stage for u in units if u.generation == 0 and u.seed == 0} == {"classifier"}
     assert {u.stage for u in units if u.generation == 2 and u.seed == 1} == {
-        "generator", "sample", "filter", "mix", "classifier", "evaluate"}
+        "generator", "sample", "filter", "mix", "classifier", "control", "evaluate"}
 
 
 def test_unit_seeds_depend_only_on_the_unit():

@@ -2,12 +2,13 @@
 
 One seed's chain, generation by generation::
 
-    gen 0:   classifier[0, M]  for every classifier M      trained on D_0 = D_real
+    gen 0:   classifier[0, M, r]  for every classifier M and replicate r: trained on D_0 = D_real
     gen t:   generator[t]      a NEW generator trained on D_{t-1}
              sample[t]         C_t: S images, labels in proportion to D_real's classes
              filter[t]         F_t: the top `keep` fraction of C_t per class (scores from the filter plugin)
              mix[t]            D_t = D_real ∪ round(mix_ratio·|D_real|) images drawn from the queue of F's
-             classifier[t, M]  new classifiers trained on D_t, evaluated on the real test set (+ variants)
+             classifier[t, M, r]  new classifiers trained on D_t, evaluated on the real test set (+ variants)
+             control[t, M, r]     each one's control twin: same init and data-order seed, trained on D_real
              evaluate[t]       generator metrics of C_t: q_t, u_t, class balance, FID/KID
     oracle (once per run)      trained on D_real, fixed: gives q_t and (where needed) u_t
 
@@ -23,26 +24,35 @@ from pathlib import Path
 
 from harness.specs import RunSpec
 
-STAGES = ("oracle", "generator", "sample", "filter", "mix", "classifier", "evaluate")
+STAGES = ("oracle", "generator", "sample", "filter", "mix", "classifier", "control", "evaluate")
 RESULT = "result.json"
+#: Stages that train one classifier replicate: the treated arm (on D_t) and its control twin (on D_real).
+CLASSIFIER_STAGES = ("classifier", "control")
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One work unit. Picklable: an executor may ship it to another process or machine."""
+    """One work unit. Picklable: an executor may ship it to another process or machine.
+
+    A classifier unit is one replicate ``r`` of one classifier; stage ``control`` is its control twin at the same
+    (seed, generation, classifier, replicate), trained on D_real alone. The twin shares the treated unit's
+    :attr:`unit_seed`, so both start from the same initialisation and draw the same data order (SPEC §2).
+    """
 
     stage: str
     generation: int
     seed: int | None  # None: run-level (the oracle)
-    name: str | None = None  # the classifier, for stage "classifier"
+    name: str | None = None  # the classifier, for the classifier stages
     deps: tuple[str, ...] = ()
+    replicate: int = 0
 
     @property
     def key(self) -> str:
         if self.seed is None:
             return self.stage
         tail = f"/{self.name}" if self.name else ""
-        return f"seed-{self.seed}/gen-{self.generation:03d}/{self.stage}{tail}"
+        rep = f".rep-{self.replicate}" if self.replicate else ""
+        return f"seed-{self.seed}/gen-{self.generation:03d}/{self.stage}{tail}{rep}"
 
     def directory(self, run_dir: Path) -> Path:
         return run_dir / self.key.replace(":", "_")
@@ -52,21 +62,35 @@ class Unit:
 
     @property
     def unit_seed(self) -> int:
-        text = f"{self.seed}/{self.stage}/{self.generation}/{self.name or ''}"
+        stage = "classifier" if self.stage == "control" else self.stage  # the twin's seed
+        rep = f"/{self.replicate}" if self.replicate else ""
+        text = f"{self.seed}/{stage}/{self.generation}/{self.name or ''}{rep}"
         return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
 
+    @property
+    def twin(self) -> Unit:
+        """The treated unit of a control unit (and vice versa), without dependencies."""
+        other = {"classifier": "control", "control": "classifier"}[self.stage]
+        return Unit(other, self.generation, self.seed, self.name, (), self.replicate)
 
-def unit(stage: str, seed: int | None, t: int, name: str | None = None, deps: Iterable[Unit] = ()) -> Unit:
-    return Unit(stage, t, seed, name, tuple(d.key for d in deps))
+
+def unit(stage: str, seed: int | None, t: int, name: str | None = None, deps: Iterable[Unit] = (), *,
+         replicate: int = 0) -> Unit:
+    return Unit(stage, t, seed, name, tuple(d.key for d in deps), replicate)
 
 
 def plan(spec: RunSpec) -> list[Unit]:
-    """Every unit of the run, in an order that respects dependencies (seed by seed, generation by generation)."""
+    """Every unit of the run, in an order that respects dependencies (seed by seed, generation by generation).
+
+    Replicate 0 of each classifier is the one the next generation's filter (and labeller) reads.
+    """
     oracle = unit("oracle", None, 0)
     units = [oracle]
+    reps = range(spec.training.replicates)
     for s in spec.seeds:
-        prev_classifiers = [unit("classifier", s, 0, m) for m in spec.classifier_names]
-        units += prev_classifiers
+        gen0 = [unit("classifier", s, 0, m, replicate=r) for m in spec.classifier_names for r in reps]
+        units += gen0
+        prev_classifiers = [c for c in gen0 if c.replicate == 0]
         prev_mix: Unit | None = None
         filters: list[Unit] = []
         for t in range(1, spec.loop.generations + 1):
@@ -75,10 +99,16 @@ def plan(spec: RunSpec) -> list[Unit]:
             filt = unit("filter", s, t, deps=[sample, *prev_classifiers])
             filters.append(filt)
             mix = unit("mix", s, t, deps=filters)
-            classifiers = [unit("classifier", s, t, m, deps=[mix]) for m in spec.classifier_names]
+            classifiers = [unit("classifier", s, t, m, deps=[mix], replicate=r)
+                           for m in spec.classifier_names for r in reps]
+            controls = []
+            if spec.loop.control:
+                steps = spec.loop.control_budget == "steps"
+                controls = [unit("control", s, t, c.name, deps=[c] if steps else [], replicate=c.replicate)
+                            for c in classifiers]
             evaluate = unit("evaluate", s, t, deps=[sample, filt, oracle])
-            units += [gen, sample, filt, mix, *classifiers, evaluate]
-            prev_classifiers, prev_mix = classifiers, mix
+            units += [gen, sample, filt, mix, *classifiers, *controls, evaluate]
+            prev_classifiers, prev_mix = [c for c in classifiers if c.replicate == 0], mix
     return units
 
 

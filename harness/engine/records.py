@@ -58,6 +58,10 @@ class TrainingStats(Record):
     images_seen: int = Field(ge=0)
     seconds: float = Field(ge=0.0)
     images_per_s: float | None
+    steps: int | None = Field(default=None, ge=0, description="Optimizer steps taken (None in older results).")
+    best_steps: int | None = Field(
+        default=None, ge=0, description="Optimizer steps up to the kept weights (the best epoch, or the budget)."
+    )
 
 
 class StageResult(Record):
@@ -122,12 +126,21 @@ class TrainSize(Record):
     synthetic: int = Field(ge=0)
 
 
+class ControlBudget(Record):
+    """How a control twin was trained (SPEC §2): on D_real alone, for its twin's steps or with the plain recipe."""
+
+    mode: Literal["steps", "recipe"]
+    twin: str = Field(description="The treated unit's key.")
+    steps: int | None = Field(description="mode steps: the optimizer steps the twin took up to its kept weights.")
+
+
 class ClassifierResult(StageResult):
     metrics: ClassifierMetrics
     variants: dict[str, VariantResult]
     train: TrainingStats
     train_size: TrainSize
     model: dict[str, Any] = Field(description="What the classifier plugin built (input handling, weights).")
+    control: ControlBudget | None = Field(default=None, description="Set on a control twin only.")
 
 
 class EvaluateResult(StageResult):
@@ -153,6 +166,7 @@ RECORDS: dict[str, type[StageResult]] = {
     "filter": FilterResult,
     "mix": MixResult,
     "classifier": ClassifierResult,
+    "control": ClassifierResult,
     "evaluate": EvaluateResult,
 }
 

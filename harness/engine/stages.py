@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from harness.engine.plan import RESULT, Unit, queue_generations, unit
-from harness.engine.progress import NullReporter
+from harness.engine.progress import NullReporter, unit_label
 from harness.engine.records import (
     ClassifierMetrics,
     ClassifierResult,
+    ControlBudget,
     EvaluateResult,
     FilterResult,
     GeneratorResult,
@@ -37,6 +38,7 @@ from harness.engine.records import (
     TrainSize,
     VariantResult,
     parse_record,
+    read_record,
 )
 from harness.engine.rundir import (
     DamagedUnitError,
@@ -282,11 +284,25 @@ def _oracle(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> OracleResu
 
 
 def _classifier(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> ClassifierResult:
+    """One replicate of one classifier trained on D_t (the treated arm), or, for a ``control`` unit, its twin
+    trained on D_real alone from the same initialisation and data-order seed (SPEC §2)."""
     assert u.seed is not None and u.name is not None
     data = ctx.data
-    train = ctx.trainset(u.seed, u.generation)
+    control = None
+    max_steps = None
+    if u.stage == "control":
+        train = ctx.trainset(u.seed, 0)
+        twin = u.twin
+        if ctx.spec.loop.control_budget == "steps":
+            record = read_record(twin, ctx.run_dir, ClassifierResult)
+            max_steps = None if record is None else record.train.best_steps
+            if max_steps is None:
+                raise DamagedUnitError(twin.key, "it has no result with its optimizer steps for the control twin")
+        control = ControlBudget(mode=ctx.spec.loop.control_budget, twin=twin.key, steps=max_steps)
+    else:
+        train = ctx.trainset(u.seed, u.generation)
     clf = ctx.new_classifier(u.name)
-    stats = train_classifier(clf, train, ctx.spec.training, ctx.runtime(u, out))
+    stats = train_classifier(clf, train, ctx.spec.training, ctx.runtime(u, out), max_steps=max_steps)
     preds = {"test": clf.predict(data.test.images)}
     for vname, variant in data.variants.items():
         preds[f"variant/{vname}"] = clf.predict(variant.images)
@@ -308,6 +324,7 @@ def _classifier(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> Classi
         train=training,
         train_size=TrainSize(real=len(train) - synthetic, synthetic=synthetic),
         model=dict(clf.plugin.describe()),
+        control=control,
         timing=clock.timing(training.images_seen),
     )
 
@@ -469,12 +486,10 @@ STAGE_FUNCS: dict[str, Callable[[RunContext, Unit, Path, Stopwatch], StageResult
     "filter": _filter,
     "mix": _mix,
     "classifier": _classifier,
+    "control": _classifier,
     "evaluate": _evaluate,
 }
 
-
-def stage_label(u: Unit) -> str:
-    return u.stage if u.name is None else f"{u.stage} {u.name}"
 
 
 def execute(ctx: RunContext, u: Unit) -> StageResult:
@@ -494,7 +509,7 @@ def execute(ctx: RunContext, u: Unit) -> StageResult:
     inputs = unit_inputs(ctx.run_dir, u)
     seed_everything(u.unit_seed)
     clock = Stopwatch(threads=torch.get_num_threads)
-    with ctx.reporter.stage(f"seed {u.seed} gen {u.generation}: {stage_label(u)}" if u.seed is not None else stage_label(u)):
+    with ctx.reporter.stage(unit_label(u)):
         result = STAGE_FUNCS[u.stage](ctx, u, out, clock)
     write_result(out, result.model_dump(mode="json"), inputs=inputs)
     return result

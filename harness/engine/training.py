@@ -227,9 +227,14 @@ def train_classifier(
     max_epochs: int | None = None,
     patience: int | None = None,
     val: ImageSet | None = None,
+    max_steps: int | None = None,
 ) -> Mapping[str, Any]:
     """Train ``clf.model`` on ``data`` with the recipe; early-stop on a held-out split of ``data`` (or on ``val``
-    when given, training on all of ``data``). Returns statistics."""
+    when given, training on all of ``data``). Returns statistics.
+
+    ``max_steps``: train for exactly that many optimizer steps instead (a control twin's budget, SPEC §2): the
+    same held-out split and data order, no early stopping, the weights after the last step kept. Epochs are cut
+    short at the budget; ``max_epochs`` does not apply."""
     gen = torch.Generator().manual_seed(runtime.seed)
     if val is None:
         train_idx, val_idx = split_holdout(len(data), recipe.val_fraction, gen)
@@ -238,6 +243,9 @@ def train_classifier(
         train_idx = torch.arange(len(data))
     epochs = max_epochs or recipe.max_epochs
     patience = patience or recipe.patience
+    steps_per_epoch = -(-train_idx.numel() // recipe.batch_size)
+    if max_steps is not None:
+        epochs = max(1, -(-max_steps // max(steps_per_epoch, 1)))
     dev = torch.device(clf.prep.device)
     # The GPU fast path: the uint8 images (and the held-out ones) on the GPU once, batches gathered there.
     images = device_images(data.images, dev)
@@ -250,15 +258,16 @@ def train_classifier(
     scaler = torch.amp.GradScaler(dev.type, enabled=clf.precision == "fp16")
     loss_fn = nn.CrossEntropyLoss()
     best_acc, best_epoch, best_state, bad = -1.0, 0, None, 0
-    seen, t0 = 0, time.perf_counter()
+    seen, steps, best_steps, t0 = 0, 0, 0, time.perf_counter()
     train_seconds = 0.0
-    steps_per_epoch = -(-train_idx.numel() // recipe.batch_size)
     with runtime.reporter.task(f"train {clf.name}", total=epochs * steps_per_epoch) as task:
         for epoch in range(1, epochs + 1):
             clf.model.train()
             t_epoch = time.perf_counter()
             order = _to_device(train_idx[torch.randperm(train_idx.numel(), generator=gen)], where)
             for idx in batches(order, recipe.batch_size):  # nothing in this loop waits for the GPU
+                if max_steps is not None and steps >= max_steps:
+                    break
                 x = augment(images[idx], recipe.augment, gen)
                 y = labels[idx].to(dev, non_blocking=True)
                 with autocast(clf.prep.device, clf.precision):
@@ -268,20 +277,26 @@ def train_classifier(
                 scaler.step(opt)
                 scaler.update()
                 seen += idx.numel()
+                steps += 1
                 task.advance(1)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)  # the epoch's time includes its queued GPU work
             train_seconds += time.perf_counter() - t_epoch
             acc = accuracy(clf, val, val_images)
+            if max_steps is not None:  # a fixed budget: the last weights are the kept ones
+                best_acc, best_epoch, best_steps = acc, epoch, steps
+                if steps >= max_steps:
+                    break
+                continue
             if acc > best_acc:
-                best_acc, best_epoch, bad = acc, epoch, 0
+                best_acc, best_epoch, best_steps, bad = acc, epoch, steps, 0
                 best_state = copy.deepcopy(clf.model.state_dict())
             else:
                 bad += 1
                 if bad >= patience:
                     task.advance(steps_per_epoch * (epochs - epoch))
                     break
-    if best_state is not None:
+    if best_state is not None and max_steps is None:
         clf.model.load_state_dict(best_state)
     clf.model.eval()
     return {
@@ -293,4 +308,6 @@ def train_classifier(
         "images_seen": seen,
         "seconds": time.perf_counter() - t0,
         "images_per_s": seen / train_seconds if train_seconds > 0 else None,
+        "steps": steps,
+        "best_steps": best_steps,
     }

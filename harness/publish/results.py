@@ -33,11 +33,17 @@ from harness.engine.records import (
     read_record,
 )
 from harness.errors import BenchError
+from harness.measure.intervals import Interval
+from harness.measure.verdict import Verdict
 
 if TYPE_CHECKING:  # pragma: no cover - RunContext imports torch; the schema half of this module must not
     from harness.engine.stages import RunContext
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions :func:`load_results` reads. Version 1 (harness 0.2.0) had no replicates, control arm, verdict or
+#: bootstrap intervals; every field added since has a default, so a version-1 file reads as version 2 with
+#: those empty (its ``Stat`` intervals are the old Student-t ones over seeds: ``method`` is None).
+READABLE_VERSIONS = (1, 2)
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "leaderboard" / "schema.json"
 
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -49,13 +55,21 @@ class Model(BaseModel):
 
 
 class Stat(Model):
-    """Mean over seeds with a 95% Student-t interval (``None`` with fewer than two seeds)."""
+    """A mean over seeds (of each seed's mean over replicates) with its 95% interval (docs/metrics.md).
+
+    The interval is a hierarchical bootstrap (seeds, then replicates within each seed; ``method``), kept inside
+    the metric's bounds; with fewer than 3 seeds there is none and ``note`` says so.
+    """
 
     mean: float | None
     ci_low: float | None
     ci_high: float | None
-    std: float | None
-    n: int = Field(ge=0)
+    std: float | None = Field(description="Standard deviation (ddof 1) of the seeds' means; None below 2 seeds.")
+    n: int = Field(ge=0, description="Seeds with a value.")
+    replicates: int = Field(1, ge=0, description="Replicates per seed.")
+    method: str | None = Field(None, description="How the interval was made (None: a version-1 Student-t).")
+    resamples: int = Field(0, ge=0)
+    note: str | None = None
 
 
 class VariantAccuracy(Model):
@@ -74,6 +88,7 @@ class TrainStats(Model):
 
 class ClassifierSeedMetrics(Model):
     seed: int
+    replicate: int = Field(0, ge=0)
     acc: Prob
     meo: Prob | None
     di: float | None = Field(le=1.0, description="1 − mean |P_i/P_j − 1|; can be negative under strong disparity.")
@@ -100,9 +115,29 @@ class ClassifierAggregate(Model):
     variants: dict[str, Stat] = Field(default_factory=dict)
 
 
+class PairedValue(Model):
+    """The paired effect ``Δ = m(f_t) − m(f_t^control)`` of one (seed, replicate), per metric (SPEC §5b)."""
+
+    seed: int
+    replicate: int = Field(ge=0)
+    values: dict[str, float | None]
+
+
+class PairedEffect(Model):
+    """What the synthetic data did to one classifier at one generation: treated minus control twin."""
+
+    per_replicate: list[PairedValue]
+    mean: dict[str, Stat]
+
+
 class ClassifierRecord(Model):
-    per_seed: list[ClassifierSeedMetrics]
+    per_seed: list[ClassifierSeedMetrics] = Field(description="The treated arm: every seed and replicate.")
     mean: ClassifierAggregate
+    control: list[ClassifierSeedMetrics] = Field(
+        default_factory=list, description="The control twins (t >= 1, loop.control): trained on D_real alone."
+    )
+    control_mean: ClassifierAggregate | None = None
+    effect: PairedEffect | None = Field(None, description="Treated minus control, per metric and the bias B.")
 
 
 class GeneratorSeedMetrics(Model):
@@ -151,6 +186,9 @@ class ClassifierAmplification(Model):
     bias: list[float | None] = Field(description="B_t from seed-averaged metrics, t = 0..T.")
     A: list[AFactor]
     A_bar: float | None = Field(ge=0.0)
+    bias_interval: list[Stat] = Field(default_factory=list, description="B_t with its interval, t = 0..T.")
+    A_interval: list[Stat] = Field(default_factory=list, description="A_t with its interval, t = 0..T-1.")
+    A_bar_interval: Stat | None = None
 
 
 class Estimate(Model):
@@ -174,6 +212,19 @@ class Amplification(Model):
     measure: Literal["1-meo", "md", "gap"]
     per_classifier: dict[str, ClassifierAmplification]
     fit: Fit
+
+
+class VerdictBlock(Model):
+    """SPEC §5b: did the synthetic data change the bias measure? Per classifier and pooled over classifiers,
+    decided on the paired effect Δ(B) (treated minus control twin); ``A_bar`` stands beside it, not in it."""
+
+    measure: Literal["1-meo", "md", "gap"]
+    epsilon: float = Field(gt=0.0)
+    control_budget: Literal["steps", "recipe"]
+    generations: list[int] = Field(description="The generations t averaged into the effect E.")
+    per_classifier: dict[str, Verdict]
+    pooled: Verdict | None
+    rule: str = Field(description="The rule, in one sentence.")
 
 
 class PluginProvenance(Model):
@@ -235,7 +286,7 @@ class Timing(Model):
 
 
 class Results(Model):
-    schema_version: Literal[1]
+    schema_version: Literal[2]
     run_id: str
     spec_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     status: Literal["complete", "partial"]
@@ -245,6 +296,9 @@ class Results(Model):
     dataset: DatasetInfo
     generations: list[GenerationRecord]
     amplification: Amplification | None
+    verdict: VerdictBlock | None = Field(
+        None, description="None without a control arm (loop.control off) or before generation 1 finished."
+    )
     timing: Timing
 
     @model_validator(mode="after")
@@ -302,14 +356,47 @@ def load_results(path: Path) -> Results:
     except (OSError, ValueError) as exc:
         raise BenchError(f"{path}: cannot read a results file ({exc})") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != SCHEMA_VERSION:
-        raise BenchError(f"{path}: unknown schema_version {version!r} (this bench reads {SCHEMA_VERSION})")
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        raise BenchError(f"{path}: unknown schema_version {version!r} (this bench reads {readable})")
+    data = upgrade(data)
     try:
         return Results.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         raise BenchError(f"{path}: {loc}: {err['msg']}") from None
+
+
+def unchecked_fit(doc: dict[str, Any]) -> dict[str, Any]:
+    """Read a fit written before bench checked that the SPEC §5 fit is identified as ``not_identified``.
+
+    Such files call every converged fit ``"ok"`` (and a singular design ``"failed"``), whatever its bootstrap or
+    design said (the reference MNIST study: ``"ok"`` with 305 of 1,000 resamples failing and ``a`` in
+    [-269, -1.6]). Nothing shows such a fit is identified, so it is read as ``not_identified``, its estimates
+    withheld (they stay in the file) and the reason in ``message``. Other documents are returned as they are;
+    the input is not modified.
+    """
+    amplification = doc.get("amplification")
+    fit = amplification.get("fit") if isinstance(amplification, dict) else None
+    if not isinstance(fit, dict) or fit.get("status") not in ("ok", "failed"):
+        return doc
+    none = {"estimate": None, "ci_low": None, "ci_high": None}
+    names = fit.get("c") if isinstance(fit.get("c"), dict) else {}
+    fit = {**fit, "status": "not_identified", "a": dict(none), "b": dict(none), "r2": None,
+           "c": {name: dict(none) for name in names},
+           "message": f"not identified: written as {fit.get('status')!r} before bench checked that a fit is "
+                      f"identified (SPEC §5); estimates withheld ({fit.get('message')})"}
+    return {**doc, "amplification": {**amplification, "fit": fit}}
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A results document of any readable version as the current version (a copy; see :data:`READABLE_VERSIONS`),
+    its fit read by :func:`unchecked_fit`."""
+    data = unchecked_fit(data)
+    if data.get("schema_version") == 1:
+        data = {**data, "schema_version": SCHEMA_VERSION}
+    return data
 
 
 def write_results(run_dir: Path, results: Results) -> Path:
@@ -402,12 +489,110 @@ def _train_stats(train: TrainingStats) -> TrainStats:
                       images_seen=train.images_seen)
 
 
-def _classifier_seed(seed: int, r: ClassifierResult) -> ClassifierSeedMetrics:
+def _classifier_seed(seed: int, replicate: int, r: ClassifierResult) -> ClassifierSeedMetrics:
     return ClassifierSeedMetrics(
-        seed=seed, **r.metrics.model_dump(),
+        seed=seed, replicate=replicate, **r.metrics.model_dump(),
         variants={v: VariantAccuracy(acc=a.acc, drop=a.drop) for v, a in r.variants.items()},
         train=_train_stats(r.train), train_size={"real": r.train_size.real, "synthetic": r.train_size.synthetic},
     )
+
+
+#: Bounds of the classifier metrics (SPEC §3): intervals stay inside them. ``di`` can fall below 0.
+PROB = (0.0, 1.0)
+METRIC_BOUNDS: dict[str, tuple[float | None, float | None] | None] = {
+    "acc": PROB, "meo": PROB, "di": (None, 1.0), "md": PROB, "dp": PROB, "eodds": PROB, "bias_gap": PROB,
+}
+#: The metrics of the paired effect: the classifier metrics, the worst-subgroup accuracy and the bias B.
+EFFECT_METRICS = ("acc", "meo", "di", "md", "dp", "eodds", "bias_gap", "worst", "B")
+VERDICT_RULE = ("amplified if lo > 0; reduced if hi < 0; no detectable change if -ε < lo and hi < ε; "
+                "otherwise inconclusive — [lo, hi] the 95% interval of E, the mean paired effect Δ(B)")
+
+
+def _nan(v: float | None) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _from_interval(iv: Interval, std: float | None = None) -> Stat:
+    return Stat(mean=iv.estimate, ci_low=iv.ci_low, ci_high=iv.ci_high, std=std, n=iv.seeds,
+                replicates=iv.replicates, method=iv.method, resamples=iv.resamples, note=iv.note)
+
+
+def _stat(grid: list[list[float | None]], bounds: tuple[float | None, float | None] | None) -> Stat:
+    """The :class:`Stat` of values laid out ``[seed][replicate]`` (None = undefined)."""
+    import numpy as np
+
+    from harness.measure.intervals import hierarchical_bootstrap
+
+    x = np.array([[_nan(v) for v in row] for row in grid], dtype=float).reshape(len(grid), -1)
+    present = np.isfinite(x).any(axis=1)
+    if not present.any():
+        return Stat(mean=None, ci_low=None, ci_high=None, std=None, n=0, replicates=x.shape[1],
+                    note="undefined in every seed")
+    with np.errstate(invalid="ignore"):
+        seed_means = np.nanmean(x[present], axis=1)
+    std = float(seed_means.std(ddof=1)) if seed_means.size >= 2 else None
+    return _from_interval(hierarchical_bootstrap(x, bounds=bounds), std)
+
+
+def _aggregate(grid: list[list[ClassifierSeedMetrics]]) -> ClassifierAggregate:
+    """Every metric of a classifier's ``[seed][replicate]`` results with its interval."""
+    first = grid[0][0]
+
+    def stat(get, bounds) -> Stat:
+        return _stat([[get(p) for p in row] for row in grid], bounds)
+
+    return ClassifierAggregate(
+        **{k: stat(lambda p, k=k: getattr(p, k), b) for k, b in METRIC_BOUNDS.items()},
+        worst_k=[stat(lambda p, k=k: p.worst_k[k] if k < len(p.worst_k) else None, PROB)
+                 for k in range(len(first.worst_k))],
+        variants={v: stat(lambda p, v=v: p.variants[v].acc if v in p.variants else None, PROB)
+                  for v in first.variants},
+    )
+
+
+def _effect_values(p: ClassifierSeedMetrics, measure: str) -> dict[str, float | None]:
+    from harness.measure.amplification import bias_value
+
+    values = {k: getattr(p, k) for k in METRIC_BOUNDS}
+    values["worst"] = p.worst_k[0] if p.worst_k else None
+    values["B"] = bias_value(p.model_dump(), measure)
+    return values
+
+
+def _paired_effect(treated: list[list[ClassifierSeedMetrics]], control: list[list[ClassifierSeedMetrics]],
+                   measure: str) -> PairedEffect:
+    """Δ = treated − control twin, per (seed, replicate) and metric, and its mean with an interval (in [-1, 1];
+    ``di`` unbounded)."""
+    pairs: list[PairedValue] = []
+    grid: list[list[dict[str, float | None]]] = []
+    for t_row, c_row in zip(treated, control, strict=True):
+        row = []
+        for a, b in zip(t_row, c_row, strict=True):
+            va, vb = _effect_values(a, measure), _effect_values(b, measure)
+            d = {k: None if va[k] is None or vb[k] is None else va[k] - vb[k] for k in EFFECT_METRICS}
+            pairs.append(PairedValue(seed=a.seed, replicate=a.replicate, values=d))
+            row.append(d)
+        grid.append(row)
+    mean = {k: _stat([[d[k] for d in row] for row in grid], None if k == "di" else (-1.0, 1.0))
+            for k in EFFECT_METRICS}
+    return PairedEffect(per_replicate=pairs, mean=mean)
+
+
+def _verdict(spec: Any, names: list[str], delta: Any, last: int) -> VerdictBlock:
+    """SPEC §5b on ``delta`` shaped ``(classifier, seed, replicate, t = 1..last)``."""
+    from harness.measure.verdict import pooled_verdict, verdict
+
+    vs = spec.metrics.verdict
+    k = vs.last_generations
+    gens = list(range(1, last + 1)) if k is None else list(range(max(1, last - k + 1), last + 1))
+    options = {"epsilon": vs.epsilon, "generations": gens, "resamples": vs.resamples, "measure": spec.metrics.bias}
+    return VerdictBlock(
+        measure=spec.metrics.bias, epsilon=vs.epsilon, control_budget=spec.loop.control_budget, generations=gens,
+        per_classifier={m: verdict(delta[i], **options) for i, m in enumerate(names)},
+        pooled=pooled_verdict({m: delta[i] for i, m in enumerate(names)}, **options) if len(names) > 1 else None,
+        rule=VERDICT_RULE,
+    )
+
 
 
 def _generator_seed(seed: int, ev: EvaluateResult, fl: FilterResult, gr: GeneratorResult,
@@ -424,8 +609,13 @@ def collect_results(ctx: RunContext, *, elapsed: float) -> Results:
     """Build :class:`Results` from whatever units have finished (``status = "partial"`` if not all)."""
     import numpy as np
 
-    from harness.measure.amplification import a_bar, amplification_factors, bias_value, fit_amplification
-    from harness.measure.stats import aggregate, mean_ci
+    from harness.measure.amplification import (
+        a_bar,
+        amplification_factors,
+        amplification_intervals,
+        bias_value,
+        fit_amplification,
+    )
 
     spec, run_dir, data = ctx.spec, ctx.run_dir, ctx.data
     finished = _Finished(run_dir, plan(spec))
@@ -457,19 +647,23 @@ def collect_results(ctx: RunContext, *, elapsed: float) -> Results:
         else:
             break
 
+    R = spec.training.replicates
     generations: list[GenerationRecord] = []
     for t in range(last + 1):
         classifiers = {}
         for m in spec.classifier_names:
-            per_seed = [_classifier_seed(s, finished.get(ClassifierResult, unit("classifier", s, t, m)))
-                        for s in spec.seeds]
-            flat = [{k: v for k, v in p.model_dump().items() if k not in ("seed", "train", "train_size", "variants",
-                                                                          "subgroup_acc")} for p in per_seed]
-            agg = aggregate(flat)
-            agg["variants"] = {
-                v: mean_ci([p.variants[v].acc for p in per_seed]) for v in (per_seed[0].variants if per_seed else {})
-            }
-            classifiers[m] = ClassifierRecord(per_seed=per_seed, mean=ClassifierAggregate(**agg))
+            treated = [[_classifier_seed(s, r, finished.get(ClassifierResult, unit("classifier", s, t, m, replicate=r)))
+                        for r in range(R)] for s in spec.seeds]
+            record = ClassifierRecord(per_seed=[p for row in treated for p in row], mean=_aggregate(treated))
+            if t > 0 and spec.loop.control:
+                control = [[_classifier_seed(s, r, finished.get(ClassifierResult, unit("control", s, t, m, replicate=r)))
+                            for r in range(R)] for s in spec.seeds]
+                record = record.model_copy(update={
+                    "control": [p for row in control for p in row],
+                    "control_mean": _aggregate(control),
+                    "effect": _paired_effect(treated, control, spec.metrics.bias),
+                })
+            classifiers[m] = record
         generator = None
         if t > 0:
             gens = [
@@ -480,35 +674,47 @@ def collect_results(ctx: RunContext, *, elapsed: float) -> Results:
                 for s in spec.seeds
             ]
             generator = GeneratorRecord(per_seed=gens, mean=GeneratorAggregate(
-                q=mean_ci([g.q for g in gens]), u=mean_ci([g.u for g in gens]),
-                fid=mean_ci([g.fid for g in gens]), kid=mean_ci([g.kid for g in gens]),
+                q=_stat([[g.q] for g in gens], PROB), u=_stat([[g.u] for g in gens], PROB),
+                fid=_stat([[g.fid] for g in gens], (0.0, None)), kid=_stat([[g.kid] for g in gens], None),
             ))
         generations.append(GenerationRecord(generation=t, generator=generator, classifiers=classifiers))
 
     amplification = None
+    verdict_block = None
     if last >= 0:
         measure = spec.metrics.bias
         names = list(spec.classifier_names)
         per_classifier = {}
-        B = np.full((len(spec.seeds), len(names), last + 1), np.nan)
+        # B per (seed, replicate, t) of the treated arm, and the paired Δ_t(B) for t >= 1
+        bias = np.full((len(names), len(spec.seeds), R, last + 1), np.nan)
+        delta = np.full((len(names), len(spec.seeds), R, last), np.nan)
         for mi, m in enumerate(names):
             for t, g in enumerate(generations):
-                for si, p in enumerate(g.classifiers[m].per_seed):
-                    v = bias_value(p.model_dump(), measure)
-                    B[si, mi, t] = np.nan if v is None else v
-            seed_avg = [None if np.all(np.isnan(B[:, mi, t])) else float(np.nanmean(B[:, mi, t]))
-                        for t in range(last + 1)]
-            factors = amplification_factors(seed_avg)
-            per_classifier[m] = ClassifierAmplification(bias=seed_avg, A=factors, A_bar=a_bar(factors))
+                record = g.classifiers[m]
+                for p in record.per_seed:
+                    bias[mi, spec.seeds.index(p.seed), p.replicate, t] = _nan(bias_value(p.model_dump(), measure))
+                if t > 0 and record.effect is not None:
+                    for v in record.effect.per_replicate:
+                        delta[mi, spec.seeds.index(v.seed), v.replicate, t - 1] = _nan(v.values["B"])
+            B_iv, A_iv, A_bar_iv = amplification_intervals(bias[mi], resamples=spec.metrics.verdict.resamples)
+            point = [iv.estimate for iv in B_iv]
+            factors = amplification_factors(point)
+            per_classifier[m] = ClassifierAmplification(
+                bias=point, A=factors, A_bar=a_bar(factors), bias_interval=[_from_interval(iv) for iv in B_iv],
+                A_interval=[_from_interval(iv) for iv in A_iv], A_bar_interval=_from_interval(A_bar_iv),
+            )
         q = np.full((len(spec.seeds), last), np.nan)
         u = np.full((len(spec.seeds), last), np.nan)
         for t in range(1, last + 1):
             for si, g in enumerate(generations[t].generator.per_seed):
                 q[si, t - 1] = g.q
                 u[si, t - 1] = np.nan if g.u is None else g.u
-        fit = fit_amplification(B, q, u, names, n_boot=spec.metrics.bootstrap, seed=0)
+        with np.errstate(invalid="ignore"):
+            seed_bias = np.nanmean(bias, axis=2).transpose(1, 0, 2)  # (S, M, T+1): replicates averaged first
+        fit = fit_amplification(seed_bias, q, u, names, n_boot=spec.metrics.bootstrap, seed=0)
         amplification = Amplification(measure=measure, per_classifier=per_classifier, fit=Fit(**fit))
-
+        if spec.loop.control and last >= 1:
+            verdict_block = _verdict(spec, names, delta, last)
     oracle = finished.get(OracleResult, unit("oracle", None, 0))
     oracle_info = None if oracle is None else {
         "classifier": oracle.classifier, "joint": oracle.joint, "test_acc": oracle.test_acc,
@@ -550,6 +756,7 @@ def collect_results(ctx: RunContext, *, elapsed: float) -> Results:
         ),
         generations=generations,
         amplification=amplification,
+        verdict=verdict_block,
         timing=timing,
     )
 

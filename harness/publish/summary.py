@@ -18,6 +18,46 @@ def _stat(s: Any) -> str:
     return f"{s.mean:.3f} ±{(s.ci_high - s.ci_low) / 2:.3f}"
 
 
+def _interval(s: Any, digits: int = 3) -> str:
+    if s is None or s.mean is None:
+        return "-"
+    if s.ci_low is None:
+        return f"{s.mean:.{digits}f} ({s.note or 'no interval'})"
+    return f"{s.mean:.{digits}f} [{s.ci_low:.{digits}f}, {s.ci_high:.{digits}f}]"
+
+
+def verdict_text(name: str, v: Any) -> str:
+    """One line: the label, E with its interval, ε, the MDE and the seeds that would reach ε."""
+    if v.effect is None:
+        effect = "E = -"
+    elif v.ci_low is None:
+        effect = f"E = {v.effect:+.4f} (no interval: {v.seeds} seed{'s' if v.seeds != 1 else ''}, needs 3)"
+    else:
+        effect = f"E = {v.effect:+.4f} [{v.ci_low:+.4f}, {v.ci_high:+.4f}]"
+    mde = "-" if v.mde is None else f"{v.mde:.4f}"
+    need = "" if v.seeds_needed is None else f"; {v.seeds_needed} seeds × {v.replicates} replicates reach ε"
+    return (f"verdict {name}: {v.label.upper()} — {effect}, ε = {v.epsilon:g}, MDE = {mde} "
+            f"({v.seeds} seeds × {v.replicates} replicates{need})")
+
+
+def verdict_lines(results: Any) -> list[str]:
+    """The verdict lines of a results file (SPEC §5b), pooled first; one line saying why when there is none."""
+    block = getattr(results, "verdict", None)
+    if block is None:
+        if not results.spec.get("loop", {}).get("control", False):
+            return ["verdict: none — the run has no control arm (loop.control = false), so the effect of the "
+                    "synthetic data cannot be separated from retraining noise"]
+        return ["verdict: none yet — no generation t >= 1 has finished"]
+    lines = []
+    if block.pooled is not None:
+        lines.append(verdict_text("(pooled)", block.pooled))
+    lines += [verdict_text(m, v) for m, v in block.per_classifier.items()]
+    gens = block.generations
+    lines.append(f"  effect E = mean over t = {gens[0]}..{gens[-1]} of Δ_t(B), B = {block.measure}, treated minus "
+                 f"control twin ({block.control_budget} budget); rule: {block.rule}")
+    return lines
+
+
 def print_summary(results: Any, console: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -43,13 +83,17 @@ def print_summary(results: Any, console: Any) -> None:
         row += [_stat(gm.q) if gm else "", _stat(gm.u) if gm else "", _stat(gm.fid) if gm else ""]
         table.add_row(*row)
     console.print(table)
+    for line in verdict_lines(results):
+        console.print(line, markup=False, highlight=False)
     amp = results.amplification
     if amp is None:
         return
-    line = ", ".join(f"{m}: A_bar = {_fmt(a.A_bar)}" for m, a in amp.per_classifier.items())
-    console.print(f"bias B_t = {amp.measure}; {line}", markup=False, highlight=False)
+    line = ", ".join(f"{m}: A_bar = {_interval(a.A_bar_interval) if a.A_bar_interval else _fmt(a.A_bar)}"
+                     for m, a in amp.per_classifier.items())
+    console.print(f"bias B_t = {amp.measure}; {line} (beside the verdict, not part of it)", markup=False,
+                  highlight=False)
     fit = amp.fit
-    if fit.status == "ok":
+    if fit.status == "identified":
         console.print(f"fit: a = {_fmt(fit.a.estimate)}, b = {_fmt(fit.b.estimate)}, R² = {_fmt(fit.r2)} "
                       f"({fit.n_points} points)", markup=False, highlight=False)
     else:
