@@ -29,8 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness.engine.plan import RESULT, Unit, generation_blocks, plan
-from harness.engine.rundir import read_json, write_json
+from harness.engine.plan import Unit, generation_blocks, plan
+from harness.engine.records import RECORDS, ClassifierResult, EvaluateResult, RecordT, read_record
+from harness.engine.rundir import DamagedUnitError, read_json, write_json
 
 LOGGER_NAME = "bench"
 log = logging.getLogger(LOGGER_NAME)
@@ -148,8 +149,11 @@ class RichReporter:
 
 
 def unit_label(u: Unit) -> str:
-    """``seed 0 gen 1: classifier lenet``, or ``oracle`` for the run-level unit."""
+    """What a unit is, for people: ``seed 0 gen 1: classifier lenet`` (``… rep 1`` for a further replicate), or
+    ``oracle`` for the run-level unit. The stages name a running unit so, and the run log and status read it."""
     what = u.stage if u.name is None else f"{u.stage} {u.name}"
+    if u.replicate:
+        what += f" rep {u.replicate}"
     return what if u.seed is None else f"seed {u.seed} gen {u.generation}: {what}"
 
 
@@ -179,14 +183,19 @@ class UnitTime:
         return self.images / self.seconds if self.seconds > 0 and self.images else None
 
 
-def unit_time(run_dir: Path, u: Unit) -> UnitTime | None:
-    """The timing a finished unit recorded; ``None`` if it has not finished (or its result cannot be read)."""
-    path = u.directory(run_dir) / RESULT
+def _record(run_dir: Path, u: Unit, model: type[RecordT]) -> RecordT | None:
+    """A finished unit's record; ``None`` if it has not finished or its ``result.json`` is damaged (a unit that
+    ``bench run`` computes again)."""
     try:
-        timing = read_json(path)["timing"]
-        return UnitTime(float(timing["seconds"]), int(timing["images"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_record(u, run_dir, model)
+    except (DamagedUnitError, OSError):
         return None
+
+
+def unit_time(run_dir: Path, u: Unit) -> UnitTime | None:
+    """The timing a finished unit recorded; ``None`` if it has not finished (or its result is damaged)."""
+    record = _record(run_dir, u, RECORDS[u.stage])
+    return None if record is None else UnitTime(record.timing.seconds, record.timing.images)
 
 
 def remaining_seconds(units: Sequence[Unit], times: Mapping[str, float],
@@ -258,25 +267,17 @@ def generation_summary(spec: Any, run_dir: Path, seed: int, t: int) -> Generatio
 
     classifiers = {}
     for name in spec.classifier_names:
-        r = _result(run_dir, Unit("classifier", t, seed, name))
+        r = _record(run_dir, Unit("classifier", t, seed, name), ClassifierResult)
         if r is None:
             return None
-        classifiers[name] = ClassifierSummary(r["metrics"]["acc"], bias_value(r["metrics"], spec.metrics.bias))
+        classifiers[name] = ClassifierSummary(r.metrics.acc, bias_value(r.metrics.model_dump(), spec.metrics.bias))
     q = u = None
     if t > 0:
-        ev = _result(run_dir, Unit("evaluate", t, seed))
+        ev = _record(run_dir, Unit("evaluate", t, seed), EvaluateResult)
         if ev is None:
             return None
-        q, u = ev["q"], ev["u"]
+        q, u = ev.q, ev.u
     return GenerationSummary(seed, t, spec.metrics.bias, classifiers, q, u)
-
-
-def _result(run_dir: Path, u: Unit) -> dict[str, Any] | None:
-    path = u.directory(run_dir) / RESULT
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
 
 
 # --------------------------------------------------------------------------------------------------- the log
