@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
+from harness.publish.results import SCHEMA_VERSION
 from tests.conftest import tiny_config
 
 # --------------------------------------------------------------------------------------------------- builders
@@ -29,7 +30,7 @@ def synthetic_results(*, acc: float = 0.8, amp: float = 1.0, bias0: float = 0.05
                       generations: int = 2, last_generation: int | None = None, dataset: str = "colored-mnist",
                       harness_version: str = "0.1.0", dataset_sha256: str = "ab" * 32,
                       **spec_over: Any) -> dict[str, Any]:
-    """A valid schema-v1 results document with chosen numbers, no run needed.
+    """A valid results document (the current schema version) with chosen numbers, no run needed.
 
     Every classifier has subgroup TPRs ``(a + d, a, a − d)`` in every class, with ``d = 0.75 · B_t`` and
     ``B_t = bias0 · amp^t``, so ``1 − meo = B_t`` and ``A_t = amp`` exactly; accuracy ``a = acc − 0.01 t``
@@ -99,7 +100,7 @@ def synthetic_results(*, acc: float = 0.8, amp: float = 1.0, bias0: float = 0.05
                for k, n in (("datasets", dataset), ("generators", "dcgan"), ("filters", "uncertainty"),
                             *(("classifiers", m) for m in classifiers))]
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "run_id": f"{dataset}-dcgan-{spec_hash[:10]}",
         "spec_hash": spec_hash,
         "status": "complete" if last == generations else "partial",
@@ -268,7 +269,7 @@ def test_older_schema_versions_are_migrated_explicitly(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     stored = Path(r.stdout.strip())
     assert json.loads(stored.read_text()) == original  # stored in the current version, nothing lost
-    assert load_results(stored).schema_version == 1  # the core reader accepts it
+    assert load_results(stored).schema_version == SCHEMA_VERSION  # the core reader accepts it
 
     write(entries / "legacy.json", version_0(synthetic_results(acc=0.6, loop={"mix_ratio": 0.3})))
     r = bench("leaderboard", "show", "--dir", entries, "--json")  # an old entry already in the folder still shows
@@ -289,7 +290,7 @@ def test_migrations_chain_one_version_at_a_time(monkeypatch):
     doc["schema_version"] = -1
     doc["finished"] = doc.pop("complete")
     migrated = lb.migrate(doc)
-    assert migrated["schema_version"] == 1 and migrated["status"] == "complete" and "finished" in doc
+    assert migrated["schema_version"] == SCHEMA_VERSION and migrated["status"] == "complete" and "finished" in doc
 
 
 @pytest.mark.parametrize("old", ["ok", "failed"])
@@ -337,9 +338,9 @@ def test_submit_stores_refuses_duplicates_and_partial_runs(tiny_run, tmp_path):
     assert r.exit_code == 0, r.output
 
     future = synthetic_results(acc=0.5)
-    future["schema_version"] = 2
+    future["schema_version"] = SCHEMA_VERSION + 1
     r = bench("leaderboard", "submit", write(tmp_path / "future.json", future), "--dir", entries)
-    assert r.exit_code == 2 and "unknown schema_version 2" in r.stderr
+    assert r.exit_code == 2 and f"unknown schema_version {SCHEMA_VERSION + 1}" in r.stderr
     assert sorted(p.name for p in entries.glob("*.json")) == sorted(
         [f"{tiny_run.name}.json", "renamed.json", f"{json.loads(partial.read_text())['run_id']}.json"])
 

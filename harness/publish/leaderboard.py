@@ -30,9 +30,16 @@ from typing import Any
 from harness.errors import BenchError
 from harness.publish.results import SCHEMA_PATH, SCHEMA_VERSION, Results
 
+def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added replicates, the control arm, the verdict and bootstrap intervals (issue 13); every field
+    it added has a default, so a version-1 document is a version-2 one as it is (no verdict, Student-t intervals
+    over seeds, no ``A_t`` intervals)."""
+    return doc
+
+
 #: ``MIGRATIONS[N]`` turns a version-N document (a plain dict) into a version-(N+1) one. Register a function here
 #: whenever ``SCHEMA_VERSION`` is bumped; :func:`migrate` chains them and sets ``schema_version`` after each step.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 DEFAULT_DIR = Path("leaderboard") / "entries"
 
@@ -348,9 +355,20 @@ def a_bar_interval(pc: Any) -> list[float] | None:
     return None if low is None or high is None else [low, high]
 
 
-def a_t_interval(factor: Any) -> list[float] | None:
-    """``[low, high]`` of one ``A_t`` where the results carry one; ``None`` otherwise."""
-    return _ci(factor)
+def a_t_intervals(pc: Any) -> list[list[float] | None]:
+    """``[low, high]`` of each of a classifier's ``A_t`` (``pc.A``) where the results carry one (``A_interval``,
+    one per ``A_t``; or fields on each factor), else ``None`` for it."""
+    stored = _field(pc, "A_interval") or []
+    if len(stored) == len(pc.A):
+        return [_ci(iv) for iv in stored]
+    return [_ci(a) for a in pc.A]
+
+
+def bias_intervals(pc: Any) -> list[list[float] | None] | None:
+    """``[low, high]`` of each ``B_t`` of a classifier where the results carry them (``bias_interval``), else
+    ``None``."""
+    stored = _field(pc, "bias_interval") or []
+    return [_ci(iv) for iv in stored] if len(stored) == len(pc.bias) else None
 
 
 def verdict_of(results: Any, classifier: str | None = None) -> dict[str, Any] | None:
@@ -608,8 +626,8 @@ class Track:
         return [
             ("dataset", f"{s['dataset']['name']} ({_options(s['dataset']['options'])})"),
             ("loop", _options(s["loop"])),
-            ("filter", f"{s['filter']['name']}, keep {s['filter'].get('keep', 1.0):g} "
-                       f"({_options(s['filter'].get('options', {}))})"),
+            ("filter", (f"{s['filter']['name']}, keep {s['filter'].get('keep', 1.0):g} "
+                        f"({_options(s['filter'].get('options', {}))})")),
             ("training", _options(s["training"])),
             ("metrics", _options(s["metrics"])),
             ("seeds", f"{self.seeds} ({', '.join(map(str, s['seeds']))} in the first entry)"),

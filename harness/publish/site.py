@@ -29,7 +29,7 @@ from harness.publish.leaderboard import (
     Entry,
     Track,
     a_bar_interval,
-    a_t_interval,
+    a_t_intervals,
     classifier_names,
     ranked_tracks,
     verdict_of,
@@ -507,7 +507,7 @@ def entry_html(entry: Entry, samples: list[tuple[int, str, int]]) -> str:
                                    [hi for _, _, hi in stats]))
         a_series = []
         for m, pc in amp.per_classifier.items():
-            ivs = [a_t_interval(a) for a in pc.A]
+            ivs = a_t_intervals(pc)
             a_series.append(Series(m, [a.t for a in pc.A], [a.value for a in pc.A],
                                    [iv[0] if iv else None for iv in ivs], [iv[1] if iv else None for iv in ivs]))
         bars = "".join(f"<tr><td>{_e(m)}</td>"
