@@ -440,24 +440,28 @@ def test_tracks_are_what_compare_calls_fair(board):
         assert len(group_tracks([*load_entries(entries), extra])) == 4
 
 
-def test_verdicts_are_read_when_present_and_absent_otherwise(tmp_path):
-    from types import SimpleNamespace
+def test_verdicts_are_read_when_present_and_absent_otherwise():
+    """The verdict of a run with a control arm, as the model holds it (Verdict objects) or as plain JSON."""
+    import numpy as np
 
+    from harness.measure.verdict import verdict
     from harness.publish.leaderboard import verdict_of
-
-    v = {"label": "amplified", "effect": 0.012, "ci_low": 0.004, "ci_high": 0.02, "epsilon": 0.01, "mde": 0.008,
-         "reason": "the interval lies above 0"}
-    pooled = {**v, "label": "inconclusive", "ci_low": -0.02}
-    nested = SimpleNamespace(verdict={"per_classifier": {"lenet": v}, "pooled": pooled})
-    assert verdict_of(nested, "lenet") == v and verdict_of(nested, None)["label"] == "inconclusive"
-    assert verdict_of(nested, "alexnet") is None
-    model_like = SimpleNamespace(verdict=SimpleNamespace(per_classifier={"lenet": SimpleNamespace(**v)}, pooled=None))
-    assert verdict_of(model_like, "lenet") == v and verdict_of(model_like) is None
-    flat = SimpleNamespace(verdict={"lenet": v})
-    assert verdict_of(flat, "lenet")["effect"] == 0.012
     from harness.publish.results import Results
 
-    assert verdict_of(Results.model_validate(synthetic_results()), "lenet") is None  # no verdict block: no verdict
+    results = Results.model_validate(synthetic_results(classifiers=("lenet", "alexnet")))
+    assert verdict_of(results, "lenet") is None and verdict_of(results) is None  # no control arm: no verdict
+
+    rng = np.random.default_rng(0)
+    up = verdict(0.02 + 0.002 * rng.standard_normal((5, 2, 3)), resamples=400)  # Δ(B) ≈ +0.02: amplified
+    flat = verdict(0.001 * rng.standard_normal((5, 2, 3)), resamples=400)  # ≈ 0 within ε: no detectable change
+    judged = results.model_copy(update={"verdict": {"per_classifier": {"lenet": up, "alexnet": flat}, "pooled": None}})
+    lenet = verdict_of(judged, "lenet")
+    assert lenet["label"] == "amplified" == up.label and lenet["effect"] == up.effect and lenet["ci_low"] > 0
+    assert verdict_of(judged, "alexnet")["label"] == "no detectable change" and verdict_of(judged) is None
+    as_json = results.model_copy(update={"verdict": json.loads(json.dumps(
+        {"per_classifier": {"lenet": up.model_dump(mode="json")}, "pooled": flat.model_dump(mode="json")}))})
+    assert verdict_of(as_json, "lenet") == lenet and verdict_of(as_json)["label"] == "no detectable change"
+    assert verdict_of(as_json, "alexnet") is None
 
 
 # --------------------------------------------------------------------------------------------------- compare
