@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import BenchError
-from harness.publish.results import SCHEMA_PATH, SCHEMA_VERSION, Results
+from harness.publish.results import SCHEMA_PATH, SCHEMA_VERSION, Results, unchecked_fit
 
 def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
     """Version 2 added replicates, the control arm, the verdict and bootstrap intervals (issue 13); every field
@@ -99,28 +99,6 @@ def migrate(data: dict[str, Any], source: str | Path = "<document>") -> dict[str
         version += 1
         doc = {**doc, "schema_version": version}
     return doc
-
-
-def unchecked_fit(doc: dict[str, Any]) -> dict[str, Any]:
-    """Read a fit written before bench checked that the SPEC §5 fit is identified as ``not_identified``.
-
-    Such files call every converged fit ``"ok"`` (and a singular design ``"failed"``), whatever its bootstrap or
-    design said (the reference MNIST study: ``"ok"`` with 305 of 1,000 resamples failing and ``a`` in
-    [-269, -1.6]). Nothing shows such a fit is identified, so it is read as ``not_identified``, its estimates
-    withheld (they stay in the file) and the reason in ``message``. Other documents are returned as they are;
-    the input is not modified.
-    """
-    amplification = doc.get("amplification")
-    fit = amplification.get("fit") if isinstance(amplification, dict) else None
-    if not isinstance(fit, dict) or fit.get("status") not in ("ok", "failed"):
-        return doc
-    none = {"estimate": None, "ci_low": None, "ci_high": None}
-    names = fit.get("c") if isinstance(fit.get("c"), dict) else {}
-    fit = {**fit, "status": "not_identified", "a": dict(none), "b": dict(none), "r2": None,
-           "c": {name: dict(none) for name in names},
-           "message": f"not identified: written as {fit.get('status')!r} before bench checked that a fit is "
-                      f"identified (SPEC §5); estimates withheld ({fit.get('message')})"}
-    return {**doc, "amplification": {**amplification, "fit": fit}}
 
 
 def _loc(parts: Iterable[Any]) -> str:
