@@ -233,8 +233,13 @@ QUICK: dict[str, Any] = {
                                                "mode_seeking": 1.0}},
     "classifiers": ["lenet", "timm:test_resnet"],
     "filter": {"name": "uncertainty", "keep": 0.9},
-    "loop": {"generations": 5, "samples_per_generation": 2000, "queue_capacity": 3, "mix_ratio": 0.5, "control": True},
-    "training": {"max_epochs": 4, "patience": 2, "batch_size": 128, "lr": 1e-3, "replicates": 1},
+    "loop": {"generations": 3, "samples_per_generation": 2000, "queue_capacity": 3, "mix_ratio": 0.5,
+             "control": True},
+    # Converged classifiers (issue 13): early stopping, not the epoch cap, ends training. On the embedded digits
+    # generation-0 LeNet stops after ~24 epochs at test accuracy 0.915 (lr 1e-3 needs ~27 epochs for 0.894; the
+    # old 4-epoch cap measured an under-trained 0.54); timm's test_resnet stops after ~9 at 0.92. T = 3 (was 5)
+    # pays for the longer training and the control twins (docs/benchmarks.md).
+    "training": {"max_epochs": 30, "patience": 3, "batch_size": 128, "lr": 2e-3, "replicates": 1},
     "metrics": {"fid": {"backbone": "none"}},
     "seeds": [0],
 }

@@ -121,3 +121,21 @@ def test_committed_version_1_entries_still_load():
     for path in entries:
         r = load_results(path)
         assert r.schema_version == 2 and r.verdict is None
+
+
+@pytest.mark.slow
+def test_quick_preset_trains_a_converged_generation_0_lenet(tmp_path):
+    # The default job measures converged classifiers: early stopping ends training before the epoch cap, and
+    # generation-0 LeNet reaches at least 0.90 test accuracy on the embedded Colorized MNIST (issue 13 item 8).
+    from harness.loop import run
+    from harness.plugin.manager import create_plugin_manager
+    from harness.specs import resolve_spec
+
+    plugins = create_plugin_manager()
+    spec = resolve_spec(build_spec("quick", {"loop": {"generations": 0}, "classifiers": ["lenet"],
+                                             "metrics": {"oracle": {"max_epochs": 1}},
+                                             "out": str(tmp_path / "runs")}), plugins)
+    r = run(spec, plugins)
+    p = r.generations[0].classifiers["lenet"].per_seed[0]
+    assert p.train.stopped_early and p.train.epochs < spec.training.max_epochs
+    assert p.acc >= 0.90
