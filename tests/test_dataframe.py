@@ -14,7 +14,7 @@ from harness.cli import app
 from harness.publish.results import Results
 from tests.test_leaderboard import run_tiny, synthetic_results, write
 
-COLUMNS = ["run", "seed", "replicate", "generation", "classifier", "metric", "value"]
+COLUMNS = ["run", "seed", "replicate", "generation", "classifier", "arm", "metric", "value"]
 
 
 def bench(*args):
@@ -28,6 +28,7 @@ def test_one_row_per_seed_generation_classifier_and_metric():
     assert list(df.columns) == COLUMNS
     assert str(df["value"].dtype) == "float64" and str(df["seed"].dtype) == "int64"
     assert set(df["run"]) == {results.run_id} and set(df["replicate"]) == {0}
+    assert set(df["arm"]) == {"treated", "generator"}  # no control twins in this file
 
     G = results.dataset.num_subgroups
     per_classifier = 7 + G  # acc meo di md dp eodds bias_gap + worst_1..worst_G (no variants here)
@@ -43,21 +44,39 @@ def test_one_row_per_seed_generation_classifier_and_metric():
                 assert values["acc"] == p.acc and values["meo"] == p.meo
                 assert [values[f"worst_{k}"] for k in range(1, G + 1)] == p.worst_k
     gen = df[df.classifier.isna()]
+    assert (gen.arm == "generator").all() and (df[df.classifier.notna()].arm == "treated").all()
     assert set(gen.metric) == {"q", "u", "fid", "kid"} and set(gen.generation) == {1, 2}
     q = gen[(gen.metric == "q") & (gen.generation == 2) & (gen.seed == 1)].value.item()
     assert q == results.generations[2].generator.per_seed[1].q
     assert gen[gen.metric == "fid"].value.isna().all()  # FID off: undefined, not dropped
 
 
-def test_a_real_run_variants_and_partial_runs(tmp_path_factory):
+def test_a_real_run_with_control_twins_and_replicates(tmp_path_factory):
     from harness.publish.results import load_results
 
     results = load_results(run_tiny(tmp_path_factory) / "results.json")
     df = results.to_dataframe()
     lenet0 = results.generations[0].classifiers["lenet"].per_seed[0]
-    row = df[(df.generation == 0) & (df.classifier == "lenet") & (df.metric == "acc")]
+    row = df[(df.generation == 0) & (df.classifier == "lenet") & (df.metric == "acc") & (df.arm == "treated")]
     assert row.value.item() == lenet0.acc
     assert df[df.metric == "u"].value.notna().all()
+
+    record = results.generations[1].classifiers["lenet"]
+    assert record.control and record.effect is not None  # loop.control is on by default
+    acc = df[(df.generation == 1) & (df.classifier == "lenet") & (df.metric == "acc")].set_index("arm").value
+    assert acc["treated"] == record.per_seed[0].acc and acc["control"] == record.control[0].acc
+    assert acc["effect"] == pytest.approx(acc["treated"] - acc["control"])
+    assert set(df[df.arm == "effect"].metric) == set(record.effect.per_replicate[0].values)
+    assert df[(df.generation == 0) & (df.arm != "treated")].empty  # no control twin at t = 0
+
+    doc = results.model_dump(mode="json")  # two replicates of every classifier unit
+    for g in doc["generations"]:
+        for rec in g["classifiers"].values():
+            rec["per_seed"] += [{**p, "replicate": 1, "acc": p["acc"] / 2} for p in rec["per_seed"]]
+    twice = Results.model_validate(doc).to_dataframe()
+    halves = twice[(twice.metric == "acc") & (twice.arm == "treated") & (twice.replicate == 1)]
+    firsts = twice[(twice.metric == "acc") & (twice.arm == "treated") & (twice.replicate == 0)]
+    assert len(halves) == len(firsts) == 3 and list(halves.value) == [v / 2 for v in firsts.value]
 
     doc = synthetic_results()
     doc["generations"][1]["classifiers"]["lenet"]["per_seed"][0]["variants"] = {"no-color": {"acc": 0.4, "drop": 0.39}}

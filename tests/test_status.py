@@ -45,7 +45,8 @@ def bench(*args):
 
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory):
-    """A tiny run (2 classifiers, 2 generations) stopped after generation 1 and the first unit of generation 2."""
+    """A tiny run (2 classifiers, 2 replicates, 2 generations) stopped after generation 1 and the first unit of
+    generation 2."""
     from harness import loop
     from harness.plugin.manager import create_plugin_manager
     from harness.specs import build_spec, resolve_spec
@@ -53,8 +54,8 @@ def stopped_run(tmp_path_factory):
 
     plugins = create_plugin_manager()
     out = tmp_path_factory.mktemp("stopped") / "runs"
-    spec = resolve_spec(build_spec(None, tiny_config(out=str(out), classifiers=["lenet", "timm:test_resnet"])),
-                        plugins)
+    config = tiny_config(out=str(out), classifiers=["lenet", "timm:test_resnet"], training={"replicates": 2})
+    spec = resolve_spec(build_spec(None, config), plugins)
     units = plan(spec)
     stop = units.index(next(u for u in units if u.generation == 2)) + 1
     with pytest.raises(KeyboardInterrupt):
@@ -74,9 +75,11 @@ def test_status_of_a_stopped_run(stopped_run):
     assert st.eta_s is not None and st.eta_s > 0 and st.work_done_s > 0
     assert [(g.seed, g.generation) for g in st.generations] == [(0, 0), (0, 1)]
     g1 = st.generations[1]
-    result = json.loads((spec.run_dir / "seed-0/gen-001/classifier/lenet/result.json").read_text())
-    assert g1.classifiers["lenet"].acc == result["metrics"]["acc"]
-    assert g1.classifiers["lenet"].bias == pytest.approx(1 - result["metrics"]["meo"])
+    replicates = [json.loads((u.directory(spec.run_dir) / "result.json").read_text())["metrics"] for u in units
+                  if (u.stage, u.generation, u.name) == ("classifier", 1, "lenet")]
+    assert len(replicates) == 2  # the summary is the mean over the replicates
+    assert g1.classifiers["lenet"].acc == pytest.approx(sum(m["acc"] for m in replicates) / 2)
+    assert g1.classifiers["lenet"].bias == pytest.approx(sum(1 - m["meo"] for m in replicates) / 2)
     evaluate = json.loads((spec.run_dir / "seed-0/gen-001/evaluate/result.json").read_text())
     assert (g1.q, g1.u) == (evaluate["q"], evaluate["u"])
     assert set(g1.classifiers) == {"lenet", "timm:test_resnet"}

@@ -239,7 +239,8 @@ class ClassifierSummary:
 
 @dataclass(frozen=True)
 class GenerationSummary:
-    """The headline metrics of one seed's generation: per classifier acc and B; the generator's q and u."""
+    """The headline metrics of one seed's generation: per classifier acc and B (means over its replicates, the
+    treated arm), the generator's q and u."""
 
     seed: int
     generation: int
@@ -267,10 +268,13 @@ def generation_summary(spec: Any, run_dir: Path, seed: int, t: int) -> Generatio
 
     classifiers = {}
     for name in spec.classifier_names:
-        r = _record(run_dir, Unit("classifier", t, seed, name), ClassifierResult)
-        if r is None:
+        records = [_record(run_dir, Unit("classifier", t, seed, name, replicate=r), ClassifierResult)
+                   for r in range(spec.training.replicates)]
+        if any(r is None for r in records):
             return None
-        classifiers[name] = ClassifierSummary(r.metrics.acc, bias_value(r.metrics.model_dump(), spec.metrics.bias))
+        biases = [b for r in records if (b := bias_value(r.metrics.model_dump(), spec.metrics.bias)) is not None]
+        classifiers[name] = ClassifierSummary(sum(r.metrics.acc for r in records) / len(records),
+                                              sum(biases) / len(biases) if biases else None)
     q = u = None
     if t > 0:
         ev = _record(run_dir, Unit("evaluate", t, seed), EvaluateResult)
@@ -341,6 +345,7 @@ class RunLog:
                         self._blocks[(u.seed, u.generation)].discard(u.key)
             self._handler = logging.FileHandler(self.run_dir / RUN_LOG, mode="a", encoding="utf-8")
             self._handler.setFormatter(line_formatter())
+            logging.getLogger("harness").addHandler(self._handler)  # the harness's warnings (a damaged unit)
         done, total = len(self._times), len(self.units)
         resumed = ", all done already" if done == total else f", {done} done already: resuming" if done else ""
         self._info(f"run {self.spec.run_id} in {self.run_dir}: {total} work units{resumed}")
@@ -357,6 +362,7 @@ class RunLog:
                            "the same command resumes it")
             self._clear_running()
             if self._handler is not None:
+                logging.getLogger("harness").removeHandler(self._handler)
                 self._handler.close()
                 self._handler = None
 

@@ -309,35 +309,48 @@ class Results(Model):
         return self
 
     def to_dataframe(self) -> Any:
-        """The per-seed metrics as a tidy :class:`pandas.DataFrame`, one row per value.
+        """The per-seed, per-replicate numbers as a tidy :class:`pandas.DataFrame`, one row per value.
 
-        Columns: ``run`` (the run_id), ``seed``, ``replicate`` (0), ``generation``, ``classifier`` (``None`` for
-        the generator's metrics), ``metric``, ``value`` (float; NaN where the metric is undefined). Classifier
-        metrics: ``acc``, ``meo``, ``di``, ``md``, ``dp``, ``eodds``, ``bias_gap``, ``worst_1`` … ``worst_G``
-        (worst-k subgroup accuracy) and ``acc:VARIANT`` per dataset variant; generator metrics (generations
-        ≥ 1): ``q``, ``u``, ``fid``, ``kid``. Seed means, intervals and the amplification fit stay on the model.
+        Columns: ``run`` (the run_id), ``seed``, ``replicate``, ``generation``, ``classifier`` (``None`` for the
+        generator's metrics), ``arm``, ``metric``, ``value`` (float; NaN where the metric is undefined).
+        ``arm`` is ``treated`` (the classifiers of the loop), ``control`` (their control twins, trained on
+        D_real alone, with ``loop.control``), ``effect`` (treated minus its control twin, per pair) or
+        ``generator``. Classifier metrics: ``acc``, ``meo``, ``di``, ``md``, ``dp``, ``eodds``, ``bias_gap``,
+        ``worst_1`` … ``worst_G`` (worst-k subgroup accuracy) and ``acc:VARIANT`` per dataset variant; effects:
+        the same differences with ``worst`` (worst subgroup) and ``B`` (the bias under the run's measure);
+        generator metrics (generations ≥ 1): ``q``, ``u``, ``fid``, ``kid``. Means, intervals, the
+        amplification fit and the verdict stay on the model.
         """
         import pandas as pd
 
         rows: list[tuple[Any, ...]] = []
 
-        def add(seed: int, t: int, classifier: str | None, metric: str, value: float | None) -> None:
-            rows.append((self.run_id, seed, 0, t, classifier, metric, float("nan") if value is None else value))
+        def add(seed: int, replicate: int, t: int, classifier: str | None, arm: str, metric: str,
+                value: float | None) -> None:
+            rows.append((self.run_id, seed, replicate, t, classifier, arm, metric,
+                         float("nan") if value is None else value))
+
+        def classifier_rows(t: int, name: str, arm: str, runs: list[ClassifierSeedMetrics]) -> None:
+            for p in runs:
+                for metric in ("acc", "meo", "di", "md", "dp", "eodds", "bias_gap"):
+                    add(p.seed, p.replicate, t, name, arm, metric, getattr(p, metric))
+                for k, v in enumerate(p.worst_k, start=1):
+                    add(p.seed, p.replicate, t, name, arm, f"worst_{k}", v)
+                for variant, va in p.variants.items():
+                    add(p.seed, p.replicate, t, name, arm, f"acc:{variant}", va.acc)
 
         for g in self.generations:
             for name, record in g.classifiers.items():
-                for p in record.per_seed:
-                    for metric in ("acc", "meo", "di", "md", "dp", "eodds", "bias_gap"):
-                        add(p.seed, g.generation, name, metric, getattr(p, metric))
-                    for k, v in enumerate(p.worst_k, start=1):
-                        add(p.seed, g.generation, name, f"worst_{k}", v)
-                    for variant, va in p.variants.items():
-                        add(p.seed, g.generation, name, f"acc:{variant}", va.acc)
+                classifier_rows(g.generation, name, "treated", record.per_seed)
+                classifier_rows(g.generation, name, "control", record.control)
+                for pair in record.effect.per_replicate if record.effect is not None else []:
+                    for metric, value in pair.values.items():
+                        add(pair.seed, pair.replicate, g.generation, name, "effect", metric, value)
             if g.generator is not None:
-                for p in g.generator.per_seed:
+                for gp in g.generator.per_seed:
                     for metric in ("q", "u", "fid", "kid"):
-                        add(p.seed, g.generation, None, metric, getattr(p, metric))
-        columns = ["run", "seed", "replicate", "generation", "classifier", "metric", "value"]
+                        add(gp.seed, 0, g.generation, None, "generator", metric, getattr(gp, metric))
+        columns = ["run", "seed", "replicate", "generation", "classifier", "arm", "metric", "value"]
         frame = pd.DataFrame(rows, columns=columns)
         return frame.astype({"seed": "int64", "replicate": "int64", "generation": "int64", "value": "float64"})
 
