@@ -446,3 +446,23 @@ def test_progress_bars_print_unit_and_plugin_names_as_text():
         reporter.progress.refresh()
     reporter.close()
     assert f"classifier {HOSTILE}" in buffer.getvalue()
+
+
+def test_an_intact_result_of_the_wrong_shape_is_computed_again_and_logged_in_run_log(reference, tmp_path, caplog):
+    # A result.json whose integrity record is valid but whose content is not a result of its stage (an edit that
+    # re-signed it, or a file written by another version) is computed again like a damaged one, not a stop.
+    from harness.engine.rundir import unit_inputs, write_result
+
+    _, plugins, expected = reference
+    spec = copy_run(reference, tmp_path)
+    mix = next(u for u in plan(spec) if u.key == "seed-0/gen-001/mix")
+    directory = mix.directory(spec.run_dir)
+    data = read_result(directory)
+    del data["queue"]
+    write_result(directory, data, inputs=unit_inputs(spec.run_dir, mix))
+    with caplog.at_level(logging.WARNING, logger="harness"):
+        results = loop.run(spec, plugins)
+    assert strip_timing(results) == expected
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "seed-0/gen-001/mix" in warnings[0] and "queue" in warnings[0]
+    assert "seed-0/gen-001/mix" in (spec.run_dir / "run.log").read_text()  # the warning is in the run's log too

@@ -287,15 +287,20 @@ def generation_summary(spec: Any, run_dir: Path, seed: int, t: int) -> Generatio
 # --------------------------------------------------------------------------------------------------- the log
 
 
-def line_formatter() -> logging.Formatter:
+def line_formatter(*, run_ids: bool = False) -> logging.Formatter:
+    """``2026-01-01 12:00:00 message``; with ``run_ids``, the run's id before the message (several runs log
+    at once in a sweep)."""
+    if run_ids:
+        return logging.Formatter("%(asctime)s %(run_id)s: %(message)s", TIME_FORMAT, defaults={"run_id": "-"})
     return logging.Formatter(LINE_FORMAT, TIME_FORMAT)
 
 
 @contextlib.contextmanager
-def log_to_stream(stream: TextIO) -> Iterator[logging.Handler]:
-    """While the block runs, the ``bench`` logger's INFO lines also go to ``stream``, one flushed line each."""
+def log_to_stream(stream: TextIO, *, run_ids: bool = False) -> Iterator[logging.Handler]:
+    """While the block runs, the ``bench`` logger's INFO lines also go to ``stream``, one flushed line each
+    (``run_ids``: each prefixed with its run's id)."""
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(line_formatter())
+    handler.setFormatter(line_formatter(run_ids=run_ids))
     level = log.level
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -435,7 +440,8 @@ class RunLog:
 
     def _info(self, message: str) -> None:
         """One line: into ``run.log`` always, and to the ``bench`` logger's handlers as configured."""
-        record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None)
+        record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None,
+                                extra={"run_id": self.spec.run_id})
         with self._lock:
             if self._handler is not None:
                 self._handler.handle(record)

@@ -19,18 +19,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from harness.engine.plan import RESULT, Unit, queue_generations, unit
 from harness.engine.progress import NullReporter, unit_label
 from harness.engine.records import (
+    BatchMix,
     ClassifierMetrics,
     ClassifierResult,
     ControlBudget,
     EvaluateResult,
     FilterResult,
     GeneratorResult,
+    History,
     MixResult,
     OracleResult,
+    RealDraw,
+    Representation,
     SampleResult,
     StageResult,
     Stopwatch,
@@ -39,6 +44,19 @@ from harness.engine.records import (
     VariantResult,
     parse_record,
     read_record,
+)
+from harness.engine.reparation import (
+    StratifiedBatchSampler,
+    SubgroupSource,
+    annotate,
+    cell_counts,
+    check,
+    disparity_cells,
+    draw_cells,
+    representation,
+    resolve_target,
+    star_resample,
+    strata_of,
 )
 from harness.engine.rundir import (
     DamagedUnitError,
@@ -156,9 +174,12 @@ class RunContext:
     @property
     def oracle_joint(self) -> bool:
         """The oracle predicts (class, subgroup) jointly when it has to estimate subgroups for ``u_t`` (they are
-        not observable from pixels) and every training image has a known subgroup."""
+        not observable from pixels) or to annotate them for reparation (``subgroups_of_synthetic = "oracle"``),
+        and every training image has a known subgroup."""
+        rep = self.spec.reparation
+        annotator = rep is not None and rep.subgroups_of_synthetic == "oracle"
         return (
-            not self.subgroups_observable
+            (not self.subgroups_observable or annotator)
             and bool((self.data.train.subgroups >= 0).all())
             and self.data.num_subgroups > 1
         )
@@ -215,23 +236,109 @@ class RunContext:
         kept = self.load_unit(unit("filter", seed, t), "filtered.safetensors")
         return samples.subset(kept["index"]).with_labels(kept["labels"])
 
+    def parts(self, seed: int, t: int) -> tuple[torch.Tensor | None, list[tuple[int, torch.Tensor]]]:
+        """What D_t is made of: the indices of its real images in D_real (None: all of D_real), and for each queue
+        generation g, in order, the positions in F_g of its synthetic images."""
+        if t == 0:
+            return None, []
+        mix = self.load_unit(unit("mix", seed, t), "mix.safetensors")
+        if "real" in mix:  # drawn by the mix unit (loop.synthetic_fraction, loop.disparity_amplification)
+            real = mix["real"]
+        else:
+            real = torch.zeros(0, dtype=torch.int64) if self.spec.loop.regime == "replace" else None
+        synthetic = [(g, mix["position"][mix["generation"] == g]) for g in torch.unique(mix["generation"]).tolist()]
+        return real, synthetic
+
     def trainset(self, seed: int, t: int) -> ImageSet:
-        """D_t (SPEC §2): D_real plus the synthetic images the mix unit of generation t chose."""
+        """D_t (SPEC §2): the real part (D_real, none, or the images the mix unit drew) plus the synthetic images
+        the mix unit of generation t chose."""
         key = (seed, t)
         if key in self._trainsets:
             return self._trainsets[key]
         if t == 0:
             data = self.data.train
         else:
-            mix = self.load_unit(unit("mix", seed, t), "mix.safetensors")
-            parts = [] if self.spec.loop.regime == "replace" else [self.data.train]
-            for g in torch.unique(mix["generation"]).tolist():
-                sel = mix["generation"] == g
-                parts.append(self.filtered(seed, g).subset(mix["position"][sel]))
+            real, synthetic = self.parts(seed, t)
+            parts = [self.data.train] if real is None else [self.data.train.subset(real)] if real.numel() else []
+            for g, positions in synthetic:
+                parts.append(self.filtered(seed, g).subset(positions))
             data = ImageSet.concat(parts)
         self._trainsets = {k: v for k, v in self._trainsets.items() if k[0] == seed and k[1] >= t - 1}
         self._trainsets[key] = data
         return data
+
+    def composition(self, seed: int, t: int, prefer: str = "pixels"
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, SubgroupSource]:
+        """D_t's labels, subgroups and origins, in :meth:`trainset`'s order, without its images: real subgroups
+        as the dataset gives them, synthetic ones as the evaluate unit of their generation measured (pixels) or
+        estimated them (oracle), ``prefer`` first (:func:`harness.engine.reparation.annotate`). Also says which.
+
+        :raises DamagedUnitError: an evaluate unit did not record its subgroups.
+        """
+        train = self.data.train
+        real, synthetic = self.parts(seed, t)
+        idx = torch.arange(len(train)) if real is None else real
+        labels, subgroups, origin = [train.labels[idx]], [train.subgroups[idx]], [train.origin[idx]]
+        source: SubgroupSource = "known"
+        for g, positions in synthetic:
+            kept = self.load_unit(unit("filter", seed, g), "filtered.safetensors")
+            found = self.load_unit(unit("evaluate", seed, g), "subgroups.safetensors")
+            measured, used = annotate(found.get("pixels"), found.get("oracle"), prefer)  # type: ignore[arg-type]
+            index = kept["index"][positions]
+            labels.append(kept["labels"][positions])
+            subgroups.append(measured[index] if measured is not None else torch.full_like(index, -1))
+            origin.append(torch.full_like(index, g))
+            source = used or source
+        return torch.cat(labels), torch.cat(subgroups), torch.cat(origin), source
+
+    def check_reparation(self) -> None:
+        """Refuse, before any work, a reparation or disparity amplification this dataset cannot have.
+
+        :raises ConfigError: with the reason.
+        """
+        data = self.data
+        check(reparation=self.spec.reparation, disparity_amplification=self.spec.loop.disparity_amplification,
+              num_classes=data.num_classes, num_subgroups=data.num_subgroups, subgroup_scope=data.subgroup_scope,
+              real_counts=cell_counts(data.train.labels, data.train.subgroups, data.num_classes, data.num_subgroups))
+
+    def training_representation(self, seed: int, t: int) -> Representation | None:
+        """Who is in D_t (SPEC §6): :func:`harness.engine.reparation.representation` of its :meth:`composition`,
+        synthetic subgroups measured from pixels where the dataset can, else the oracle's. Reads index files, no
+        image. None for a dataset without subgroups, or when an evaluate unit did not record its candidates'
+        subgroups (a run directory of an older bench)."""
+        data = self.data
+        if data.num_subgroups < 1:
+            return None
+        _, synthetic = self.parts(seed, t)
+        if any(not (unit("evaluate", seed, g).directory(self.run_dir) / "subgroups.safetensors").exists()
+               for g, _ in synthetic):
+            return None
+        labels, subgroups, origin, source = self.composition(seed, t)
+        return Representation.model_validate(
+            representation(labels, subgroups, origin, data.num_classes, data.num_subgroups, source))
+
+    @cached_property
+    def star_target(self) -> torch.Tensor:
+        """STAR's target shares of the (class × subgroup) strata (:func:`harness.engine.reparation.resolve_target`)."""
+        data = self.data
+        assert self.spec.reparation is not None
+        counts = cell_counts(data.train.labels, data.train.subgroups, data.num_classes, data.num_subgroups)
+        return resolve_target(self.spec.reparation.target, counts, data.num_classes, data.num_subgroups)
+
+    def star_strata(self, seed: int, t: int, size: int) -> tuple[torch.Tensor, SubgroupSource]:
+        """The stratum of every image of D_t, for STAR, and where its synthetic images' subgroups came from."""
+        assert self.spec.reparation is not None
+        labels, subgroups, _, source = self.composition(seed, t, self.spec.reparation.subgroups_of_synthetic)
+        if labels.numel() != size:
+            raise RuntimeError(f"D_{t} of seed {seed} has {size} images and {labels.numel()} strata")
+        return strata_of(labels, subgroups, self.data.num_classes, self.data.num_subgroups), source
+
+    def classifier_of(self, seed: int, t: int, name: str) -> TrainedClassifier:
+        """Classifier ``name`` of generation t (replicate 0), loaded, in eval mode."""
+        clf = self.new_classifier(name)
+        clf.model.load_state_dict(self.load_unit(unit("classifier", seed, t, name), "model.safetensors"))
+        clf.model.eval()
+        return clf
 
     def classifiers_of(self, seed: int, t: int) -> list[TrainedClassifier]:
         out = []
@@ -301,8 +408,15 @@ def _classifier(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> Classi
         control = ControlBudget(mode=ctx.spec.loop.control_budget, twin=twin.key, steps=max_steps)
     else:
         train = ctx.trainset(u.seed, u.generation)
+    sampler = None
+    rep = ctx.spec.reparation
+    if rep is not None and rep.classifiers:  # cla-STAR: stratified batches (Wyllie et al.)
+        strata, source = ctx.star_strata(u.seed, 0 if u.stage == "control" else u.generation, len(train))
+        sampler = StratifiedBatchSampler(strata, ctx.star_target, rep.budget, num_classes=data.num_classes,
+                                         num_subgroups=data.num_subgroups, source=source)
     clf = ctx.new_classifier(u.name)
-    stats = train_classifier(clf, train, ctx.spec.training, ctx.runtime(u, out), max_steps=max_steps)
+    stats = train_classifier(clf, train, ctx.spec.training, ctx.runtime(u, out), max_steps=max_steps,
+                             sampler=sampler)
     preds = {"test": clf.predict(data.test.images)}
     for vname, variant in data.variants.items():
         preds[f"variant/{vname}"] = clf.predict(variant.images)
@@ -325,6 +439,7 @@ def _classifier(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> Classi
         train_size=TrainSize(real=len(train) - synthetic, synthetic=synthetic),
         model=dict(clf.plugin.describe()),
         control=control,
+        reparation=None if sampler is None else BatchMix.model_validate(sampler.summary()),
         timing=clock.timing(training.images_seen),
     )
 
@@ -332,10 +447,26 @@ def _classifier(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> Classi
 def _generator(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> GeneratorResult:
     assert u.seed is not None
     train = ctx.trainset(u.seed, u.generation - 1)
+    mix = None
+    rep = ctx.spec.reparation
+    if rep is not None and rep.generators:  # gen-STAR: the training set resampled by strata before fit
+        data = ctx.data
+        strata, source = ctx.star_strata(u.seed, u.generation - 1, len(train))
+        index, summary = star_resample(strata, ctx.star_target, rep.budget, ctx.spec.training.batch_size,
+                                       torch.Generator().manual_seed(u.unit_seed), num_classes=data.num_classes,
+                                       num_subgroups=data.num_subgroups, source=source)
+        train, mix = train.subset(index), BatchMix.model_validate(summary)
     gen = ctx.new_generator(ctx.runtime(u, out))
     stats = dict(gen.fit(train))
+    history = stats.pop("history", None)  # the plugin's training curves (Generator.fit), kept typed beside its stats
+    try:
+        history = None if history is None else History.model_validate(history)
+    except ValidationError as exc:
+        raise RuntimeError(f"generator {ctx.spec.generator.name!r} returned a 'history' that is not a training "
+                           f"curve: {exc.errors()[0]['msg']}") from None
     save_tensors(out / "model.safetensors", gen.state_dict())
-    return GeneratorResult(train=stats, train_size=len(train), timing=clock.timing(int(stats.get("images_seen", 0))))
+    return GeneratorResult(train=stats, train_size=len(train), history=history, reparation=mix,
+                           timing=clock.timing(int(stats.get("images_seen", 0))))
 
 
 def _sample(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> SampleResult:
@@ -408,14 +539,46 @@ def _mix(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> MixResult:
     if want < gens.numel():
         chosen = torch.sort(torch.randperm(gens.numel(), generator=torch.Generator().manual_seed(u.unit_seed))[:want]).values
         gens, pos = gens[chosen], pos[chosen]
-    save_tensors(out / "mix.safetensors", {"generation": gens, "position": pos})
+    tensors = {"generation": gens, "position": pos}
+    real_count = 0 if spec.loop.regime == "replace" else n_real
+    draw = None
+    if spec.loop.synthetic_fraction is not None or spec.loop.disparity_amplification:
+        # the real part is drawn: n_real − want fresh images (synthetic_fraction), or n_real (disparity alone)
+        count = n_real - want if spec.loop.synthetic_fraction is not None else real_count
+        tensors["real"], draw = _draw_real(ctx, u, count)
+        real_count = int(tensors["real"].numel())
+    save_tensors(out / "mix.safetensors", tensors)
     return MixResult(
         queue=queue,
         pool=int(sum(sizes)),
-        real=0 if spec.loop.regime == "replace" else n_real,
+        real=real_count,
         synthetic=int(gens.numel()),
         synthetic_per_generation={str(g): int((gens == g).sum()) for g in queue},
+        real_draw=draw,
         timing=clock.timing(0),
+    )
+
+
+def _draw_real(ctx: RunContext, u: Unit, count: int) -> tuple[torch.Tensor, RealDraw]:
+    """The real part of D_t: ``count`` images of D_real, uniformly without replacement, or with
+    ``loop.disparity_amplification`` by the previous classifier's per-subgroup outcomes (docs/wyllie.md)."""
+    assert u.seed is not None
+    real, L, G = ctx.data.train, ctx.data.num_classes, ctx.data.num_subgroups
+    gen = torch.Generator().manual_seed(u.unit_seed + 1)  # not the synthetic choice's stream
+    cells = real.labels * (G + 1) + torch.where(real.subgroups >= 0, real.subgroups, torch.full_like(real.labels, G))
+    name, shares, repeated, unserved = None, None, 0, 0
+    if ctx.spec.loop.disparity_amplification:
+        name = ctx.spec.loop.labeler_classifier or ctx.spec.classifier_names[0]
+        predicted = ctx.classifier_of(u.seed, u.generation - 1, name).predict(real.images)
+        counts, shares = disparity_cells(predicted, real.subgroups, L, G, count)
+        index, repeated, unserved = draw_cells(cells, counts.flatten(), gen)
+    else:
+        index = torch.sort(torch.randperm(len(real), generator=gen)[:count]).values
+    drawn = torch.bincount(cells[index], minlength=L * (G + 1)).view(L, G + 1)
+    return index, RealDraw(
+        mode="disparity" if name else "fresh", count=int(index.numel()), classifier=name,
+        predicted=None if shares is None else shares.tolist(), cells=drawn.tolist(), repeated=repeated,
+        unserved=unserved,
     )
 
 
@@ -433,6 +596,11 @@ def _evaluate(ctx: RunContext, u: Unit, out: Path, clock: Stopwatch) -> Evaluate
     q = (predicted == samples.labels).float().mean().item()
 
     measured = ctx.dataset_plugin.measure_subgroups(samples.images, samples.labels)
+    # each candidate's subgroup, measured and/or estimated: D_t's representation and STAR's strata read them
+    annotations = {"count": torch.tensor([len(samples)], dtype=torch.int64)}
+    annotations |= {k: v.cpu().to(torch.int64).contiguous() for k, v in (("pixels", measured), ("oracle", sub))
+                    if v is not None}
+    save_tensors(out / "subgroups.safetensors", annotations)
     u_source = "pixels"
     if measured is None:
         measured, u_source = sub, "oracle"
@@ -503,7 +671,10 @@ def execute(ctx: RunContext, u: Unit) -> StageResult:
     if (out / RESULT).exists():
         problem = unit_problem(ctx.run_dir, u)
         if problem is None:
-            return parse_record(u, read_result(out))
+            try:
+                return parse_record(u, read_result(out))
+            except DamagedUnitError as exc:  # intact on disk, but not a result of this stage (edited, or old)
+                problem = exc.problem
         log.warning("unit %s: %s; computing it again", u.key, problem)
         (out / RESULT).unlink(missing_ok=True)
     inputs = unit_inputs(ctx.run_dir, u)
