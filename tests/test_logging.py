@@ -121,3 +121,22 @@ def test_a_terminal_gets_bars_not_lines(tmp_path):
     assert "generations" in r.stderr and log_lines(r.stderr) == []
     run_log = (Path(r.stdout.strip()).parent / "run.log").read_text()
     assert re.search(r"\[\d+/\d+\] finished seed 0 gen 0: classifier lenet in ", run_log)
+
+
+def test_a_sweep_without_a_terminal_prints_each_runs_lines_with_its_id(tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    cfg = tmp_path / "sweep.json"
+    cfg.write_text(json.dumps({"base": tiny_config(loop={"generations": 0}), "grid": {"seeds": [[0], [1]]}}))
+    r = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    run_dirs = [Path(p).parent for p in r.stdout.split()]
+    lines = log_lines(r.stderr)
+    for run_dir in run_dirs:
+        mine = [x.split(f" {run_dir.name}: ", 1)[1] for x in lines if f" {run_dir.name}: " in x]
+        assert any(x.startswith("[1/") and " finished oracle in " in x for x in mine)
+        assert mine[-1].startswith("run finished: ")
+        in_file = [STAMP.sub("", x) for x in (run_dir / "run.log").read_text().splitlines()]
+        assert in_file == mine  # run.log has the same lines, without the id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import typer
@@ -49,9 +51,13 @@ def sweep(
     warn_broken_plugins(plugins, console)
     for parent in sorted({r.spec.out for r in runs}):
         writable_out(parent)
-    reporter = None if quiet else SweepReporter(runs, console=console)
+    from harness.engine.progress import log_to_stream
+
+    bars = not quiet and console.is_terminal  # else: a plain line per unit and generation, with its run's id
+    reporter = SweepReporter(runs, console=console) if bars else None
+    lines = log_to_stream(sys.stderr, run_ids=True) if not (quiet or bars) else contextlib.nullcontext()
     try:
-        with console_warnings(console):
+        with console_warnings(console), lines:
             outcomes = run_sweep(runs, plugins, executor=runner, reporter=reporter)
     finally:
         if reporter is not None:
