@@ -46,6 +46,7 @@ def run(spec: RunSpec, plugins: Plugins, *, reporter: Any = None, executor: Any 
     reporter = RunLog(spec, reporter)  # log lines (logger `bench`, RUN_DIR/run.log) around the caller's bars
     ctx = RunContext(spec, spec.run_dir, plugins, reporter)
     _ = ctx.data  # load (and verify) the dataset first: missing data fails before any work or progress
+    ctx.check_reparation()  # a reparation target or disparity amplification the dataset cannot have
     for kind, pspec in (("generators", spec.generator), ("filters", spec.filter)):
         factory.preflight(kind, pspec, plugins)  # missing weights fail before any work
     if spec.metrics.fid.backbone != "none":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -94,6 +95,36 @@ class LoopSpec(Spec):
         description="steps: the twin's optimizer steps up to its kept weights, on D_real (no early stopping); "
         "recipe: the plain recipe on D_real (early stopping), as at generation 0.",
     )
+    synthetic_fraction: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="Wyllie et al.'s synthetic_perc: |D_t| = |D_real| for t >= 1, this fraction synthetic (it sets "
+        "mix_ratio) and the rest real images drawn afresh from D_real every generation, whatever the regime "
+        "(which then only chooses the queue). None: the real part is all of D_real, or none in regime 'replace'.",
+    )
+    disparity_amplification: bool = Field(
+        False,
+        description="Wyllie et al.'s disparity amplification: the real part of D_t is drawn so that within each "
+        "subgroup its classes follow f_{t-1}'s predicted labels on D_real (docs/wyllie.md).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fraction_sets_mix_ratio(cls, data: Any) -> Any:
+        # under synthetic_fraction |D_t| = |D_real|, so the synthetic part round(p·|D_real|) is mix_ratio = p
+        if isinstance(data, Mapping) and data.get("synthetic_fraction") is not None:
+            data = {**data, "mix_ratio": data["synthetic_fraction"]}
+        return data
+
+    @model_validator(mode="after")
+    def _amplification_needs_real_data(self) -> LoopSpec:
+        if self.disparity_amplification and (
+            self.synthetic_fraction == 1.0 or (self.synthetic_fraction is None and self.regime == "replace")
+        ):
+            raise ValueError(
+                "loop.disparity_amplification acts on the real part of D_t, and this loop has none (regime "
+                "'replace' without synthetic_fraction, or synthetic_fraction = 1); set loop.synthetic_fraction below 1"
+            )
+        return self
 
 
 class TrainingSpec(Spec):
@@ -157,6 +188,56 @@ class MetricsSpec(Spec):
     verdict: VerdictSpec = Field(default_factory=VerdictSpec)
 
 
+class ReparationSpec(Spec):
+    """Wyllie et al.'s algorithmic reparation by stratified sampling (STAR; SPEC §2, docs/wyllie.md).
+
+    Strata are (class × subgroup) cells. Each training batch of ``batch_size`` images is chosen from
+    ``batch_size + budget`` random candidates: up to ``floor(target × batch_size)`` of each stratum, the rest of the
+    batch from the remaining candidates at random.
+    """
+
+    apply_to: Literal["classifiers", "generators", "both"] = Field(
+        "classifiers",
+        description="classifiers: every classifier's training batches (cla-STAR, control twins and generation 0 "
+        "too); generators: each generator's training set, resampled before fit (gen-STAR); both.",
+    )
+    target: Literal["uniform"] | tuple[tuple[float, ...], ...] = Field(
+        "uniform",
+        description="uniform: equal shares of the (class × subgroup) cells D_real has; or an L×G matrix of "
+        "proportions (rows = classes, normalised).",
+    )
+    budget: int = Field(
+        128, ge=0, le=MAX_BATCH_SIZE,
+        description="Extra candidates drawn per batch (Wyllie et al.'s rep_budget); 0: plain random batches.",
+    )
+    subgroups_of_synthetic: Literal["pixels", "oracle"] = Field(
+        "pixels",
+        description="pixels: the dataset's measurement where it has one, else the oracle's prediction; oracle: "
+        "the oracle's prediction (Wyllie et al.'s annotator).",
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _proportions(cls, target: Any) -> Any:
+        if target == "uniform":
+            return target
+        widths = {len(row) for row in target}
+        if not target or len(widths) != 1 or 0 in widths:
+            raise ValueError("reparation.target must be 'uniform' or a non-empty L×G matrix (rows of equal length)")
+        values = [v for row in target for v in row]
+        if any(not math.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
+            raise ValueError("reparation.target proportions must be finite, non-negative and not all 0")
+        return target
+
+    @property
+    def classifiers(self) -> bool:
+        return self.apply_to in ("classifiers", "both")
+
+    @property
+    def generators(self) -> bool:
+        return self.apply_to in ("generators", "both")
+
+
 class RunSpec(Spec):
     """One run: a dataset, a generator, classifiers, a filter, the loop, the recipe, the metrics, the seeds."""
 
@@ -168,6 +249,7 @@ class RunSpec(Spec):
     loop: LoopSpec = Field(default_factory=LoopSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    reparation: ReparationSpec | None = Field(None, description="STAR (Wyllie et al.); None: no reparation.")
     seeds: tuple[int, ...] = Field((0,), min_length=1, max_length=MAX_SEEDS)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N. Not part of the spec hash.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -203,8 +285,20 @@ class RunSpec(Spec):
     # ---------------------------------------------------------------- identity
 
     def identity(self) -> dict[str, Any]:
-        """The normalised spec without execution-only fields: what the hash covers."""
-        return self.model_dump(mode="json", exclude={"device", "data_root", "out"})
+        """The normalised spec without execution-only fields: what the hash covers.
+
+        Fields added after entries were published are left out while they hold their defaults (``reparation``,
+        ``loop.synthetic_fraction``, ``loop.disparity_amplification``), so the spec_hash of a spec that does not
+        use them is what it was before they existed."""
+        data = self.model_dump(mode="json", exclude={"device", "data_root", "out"})
+        for key, default in ((("reparation",), None), (("loop", "synthetic_fraction"), None),
+                             (("loop", "disparity_amplification"), False)):
+            node = data
+            for part in key[:-1]:
+                node = node[part]
+            if node.get(key[-1]) == default:
+                node.pop(key[-1])
+        return data
 
     def spec_hash(self) -> str:
         text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))

@@ -6,11 +6,16 @@ One seed's chain, generation by generation::
     gen t:   generator[t]      a NEW generator trained on D_{t-1}
              sample[t]         C_t: S images, labels in proportion to D_real's classes
              filter[t]         F_t: the top `keep` fraction of C_t per class (scores from the filter plugin)
+             evaluate[t]       generator metrics of C_t: q_t, u_t, class balance, FID/KID; C_t's subgroups
              mix[t]            D_t = D_real ∪ round(mix_ratio·|D_real|) images drawn from the queue of F's
+                               (the real part drawn anew with loop.synthetic_fraction: reads f_{t-1} with
+                               loop.disparity_amplification)
              classifier[t, M, r]  new classifiers trained on D_t, evaluated on the real test set (+ variants)
              control[t, M, r]     each one's control twin: same init and data-order seed, trained on D_real
-             evaluate[t]       generator metrics of C_t: q_t, u_t, class balance, FID/KID
     oracle (once per run)      trained on D_real, fixed: gives q_t and (where needed) u_t
+
+With a ``reparation`` section (STAR), the classifiers (generators) also read the subgroups the evaluate units
+recorded for the synthetic images of D_t (D_{t-1}).
 
 A unit's identity (its key) fixes its directory in the run directory and the seed of every RNG it uses.
 """
@@ -87,27 +92,36 @@ def plan(spec: RunSpec) -> list[Unit]:
     oracle = unit("oracle", None, 0)
     units = [oracle]
     reps = range(spec.training.replicates)
+    rep_classifiers = spec.reparation is not None and spec.reparation.classifiers
+    rep_generators = spec.reparation is not None and spec.reparation.generators
     for s in spec.seeds:
         gen0 = [unit("classifier", s, 0, m, replicate=r) for m in spec.classifier_names for r in reps]
         units += gen0
         prev_classifiers = [c for c in gen0 if c.replicate == 0]
         prev_mix: Unit | None = None
         filters: list[Unit] = []
+        evaluates: dict[int, Unit] = {}
         for t in range(1, spec.loop.generations + 1):
-            gen = unit("generator", s, t, deps=[prev_mix] if prev_mix else [])
+            # STAR reads the subgroups the evaluate units recorded for D_{t-1}'s (generator) or D_t's synthetic images
+            star = [evaluates[g] for g in queue_generations(spec, t - 1)] if t > 1 and rep_generators else []
+            gen = unit("generator", s, t, deps=[prev_mix, *star] if prev_mix else [])
             sample = unit("sample", s, t, deps=[gen])
             filt = unit("filter", s, t, deps=[sample, *prev_classifiers])
             filters.append(filt)
-            mix = unit("mix", s, t, deps=filters)
-            classifiers = [unit("classifier", s, t, m, deps=[mix], replicate=r)
+            evaluate = evaluates[t] = unit("evaluate", s, t, deps=[sample, filt, oracle])
+            # disparity amplification: the real part is drawn by the previous classifier's outcomes
+            labeler_name = spec.loop.labeler_classifier or spec.classifier_names[0]
+            labeler = [c for c in prev_classifiers if c.name == labeler_name]
+            mix = unit("mix", s, t, deps=[*filters, *labeler] if spec.loop.disparity_amplification else filters)
+            star = [evaluates[g] for g in queue_generations(spec, t)] if rep_classifiers else []
+            classifiers = [unit("classifier", s, t, m, deps=[mix, *star], replicate=r)
                            for m in spec.classifier_names for r in reps]
             controls = []
             if spec.loop.control:
                 steps = spec.loop.control_budget == "steps"
                 controls = [unit("control", s, t, c.name, deps=[c] if steps else [], replicate=c.replicate)
                             for c in classifiers]
-            evaluate = unit("evaluate", s, t, deps=[sample, filt, oracle])
-            units += [gen, sample, filt, mix, *classifiers, *controls, evaluate]
+            units += [gen, sample, filt, evaluate, mix, *classifiers, *controls]
             prev_classifiers, prev_mix = [c for c in classifiers if c.replicate == 0], mix
     return units
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -68,6 +68,62 @@ class StageResult(Record):
     timing: UnitTiming
 
 
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class BatchMix(Record):
+    """What STAR (Wyllie et al.'s reparation, docs/wyllie.md) drew: the (class × subgroup) shares of the images in
+    the batches it made, against its target and against the pool it drew from (what plain random batches draw).
+
+    ``achieved`` and ``pool`` are shares of all images (rows = classes, columns = subgroups); images without a
+    subgroup are the rest (``unknown_*``)."""
+
+    target: list[list[Share]]
+    achieved: list[list[Share]]
+    pool: list[list[Share]]
+    unknown_achieved: Share
+    unknown_pool: Share
+    tv_achieved: Share = Field(description="Total-variation distance of the achieved shares from the target.")
+    tv_pool: Share = Field(description="The same for the pool: what batches without STAR achieve on average.")
+    filled: Share = Field(description="Share of batch places filled from the spare candidates at random (the "
+                                      "target could not be met within the budget).")
+    batches: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    budget: int = Field(ge=0)
+    subgroup_source: Literal["known", "pixels", "oracle"] = Field(
+        description="Where synthetic images' subgroups came from (known: no synthetic image in the pool).")
+
+
+class RealDraw(Record):
+    """How the real part of D_t was drawn (loop.synthetic_fraction, loop.disparity_amplification)."""
+
+    mode: Literal["fresh", "disparity"] = Field(
+        description="fresh: uniformly at random from D_real; disparity: by the previous classifier's outcomes.")
+    count: int = Field(ge=0, description="Real images drawn.")
+    classifier: str | None = Field(None, description="disparity: the classifier of generation t-1 that was used.")
+    predicted: list[list[Share]] | None = Field(
+        None, description="disparity: per subgroup (columns; a last one for unknown subgroups), the share of "
+        "D_real's images of that subgroup that the classifier assigns to each class (rows).")
+    cells: list[list[int]] = Field(description="Images drawn per class (rows) and subgroup (columns; last: unknown).")
+    repeated: int = Field(0, ge=0, description="Draws beyond a cell's size (images repeated).")
+    unserved: int = Field(0, ge=0, description="Draws asked of cells D_real does not have (left out).")
+
+
+class Representation(Record):
+    """Who is in a training set D_t (SPEC §6): its subgroup and (class × subgroup) shares, the real part's subgroups
+    known, the synthetic part's measured from pixels or estimated by the oracle (``source``)."""
+
+    size: int = Field(ge=0)
+    real: int = Field(ge=0)
+    synthetic: int = Field(ge=0)
+    subgroup: list[Share] = Field(description="Share of each subgroup among the images with a known subgroup.")
+    cells: list[list[Share]] = Field(description="Share of each (class, subgroup) cell, same denominator.")
+    unknown: Share = Field(description="Share of D_t whose subgroup is unknown (not measurable).")
+    real_subgroup: list[Share] | None = Field(description="The subgroup shares of the real part (None: no real part).")
+    synthetic_subgroup: list[Share] | None = Field(description="The same for the synthetic part.")
+    source: Literal["known", "pixels", "oracle"]
+
+
 class OracleResult(StageResult):
     classifier: str
     joint: bool = Field(description="Predicts (class, subgroup) jointly (subgroups not observable from pixels).")
@@ -80,6 +136,7 @@ class OracleResult(StageResult):
 class GeneratorResult(StageResult):
     train: dict[str, Any] = Field(description="The generator plugin's own training statistics.")
     train_size: int = Field(ge=0)
+    reparation: BatchMix | None = Field(default=None, description="gen-STAR: how its training set was resampled.")
 
 
 class SampleResult(StageResult):
@@ -100,6 +157,8 @@ class MixResult(StageResult):
     real: int = Field(ge=0)
     synthetic: int = Field(ge=0)
     synthetic_per_generation: dict[str, int]
+    real_draw: RealDraw | None = Field(default=None, description="How the real part was drawn; None: all of "
+                                                                  "D_real (or none, regime replace).")
 
 
 class ClassifierMetrics(Record):
@@ -141,6 +200,7 @@ class ClassifierResult(StageResult):
     train_size: TrainSize
     model: dict[str, Any] = Field(description="What the classifier plugin built (input handling, weights).")
     control: ControlBudget | None = Field(default=None, description="Set on a control twin only.")
+    reparation: BatchMix | None = Field(default=None, description="cla-STAR: what its training batches held.")
 
 
 class EvaluateResult(StageResult):

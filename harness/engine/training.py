@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -211,6 +211,13 @@ def batches(index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield index[start : start + batch_size]
 
 
+class BatchSampler(Protocol):
+    """Draws the batches of one training epoch: index tensors (CPU, int64) into the training set, taken from
+    ``pool`` (the indices training may use), with the randomness of ``generator``."""
+
+    def epoch(self, pool: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]: ...
+
+
 def accuracy(clf: TrainedClassifier, data: ImageSet, images: torch.Tensor | None = None) -> float:
     """Top-1 accuracy on ``data`` (``images``: the same images already on the device)."""
     if len(data) == 0:
@@ -228,13 +235,17 @@ def train_classifier(
     patience: int | None = None,
     val: ImageSet | None = None,
     max_steps: int | None = None,
+    sampler: BatchSampler | None = None,
 ) -> Mapping[str, Any]:
     """Train ``clf.model`` on ``data`` with the recipe; early-stop on a held-out split of ``data`` (or on ``val``
     when given, training on all of ``data``). Returns statistics.
 
     ``max_steps``: train for exactly that many optimizer steps instead (a control twin's budget, SPEC §2): the
     same held-out split and data order, no early stopping, the weights after the last step kept. Epochs are cut
-    short at the budget; ``max_epochs`` does not apply."""
+    short at the budget; ``max_epochs`` does not apply.
+
+    ``sampler``: draws each epoch's batches from the training indices instead of a shuffled pass over them (e.g.
+    STAR's stratified batches, :class:`harness.engine.reparation.StratifiedBatchSampler`)."""
     gen = torch.Generator().manual_seed(runtime.seed)
     if val is None:
         train_idx, val_idx = split_holdout(len(data), recipe.val_fraction, gen)
@@ -264,8 +275,12 @@ def train_classifier(
         for epoch in range(1, epochs + 1):
             clf.model.train()
             t_epoch = time.perf_counter()
-            order = _to_device(train_idx[torch.randperm(train_idx.numel(), generator=gen)], where)
-            for idx in batches(order, recipe.batch_size):  # nothing in this loop waits for the GPU
+            if sampler is None:
+                order = _to_device(train_idx[torch.randperm(train_idx.numel(), generator=gen)], where)
+                epoch_batches = batches(order, recipe.batch_size)
+            else:
+                epoch_batches = (_to_device(b, where) for b in sampler.epoch(train_idx, recipe.batch_size, gen))
+            for idx in epoch_batches:  # nothing in this loop waits for the GPU
                 if max_steps is not None and steps >= max_steps:
                     break
                 x = augment(images[idx], recipe.augment, gen)

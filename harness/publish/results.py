@@ -21,12 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from harness.engine.plan import Unit, plan, unit
 from harness.engine.records import (
     RECORDS,
+    BatchMix,
     ClassifierResult,
     EvaluateResult,
     FilterResult,
     GeneratorResult,
+    MixResult,
     OracleResult,
+    RealDraw,
     RecordT,
+    Representation,
     SampleResult,
     StageResult,
     TrainingStats,
@@ -101,6 +105,7 @@ class ClassifierSeedMetrics(Model):
     variants: dict[str, VariantAccuracy] = Field(default_factory=dict)
     train: TrainStats
     train_size: dict[Literal["real", "synthetic"], int]
+    reparation: BatchMix | None = Field(None, description="cla-STAR: what its training batches held.")
 
 
 class ClassifierAggregate(Model):
@@ -156,6 +161,7 @@ class GeneratorSeedMetrics(Model):
     relabeled: int | None
     generator_train_size: int = Field(ge=0)
     candidates: int = Field(ge=0)
+    reparation: BatchMix | None = Field(None, description="gen-STAR: how the generator's training set was resampled.")
 
 
 class GeneratorAggregate(Model):
@@ -170,10 +176,45 @@ class GeneratorRecord(Model):
     mean: GeneratorAggregate
 
 
+class RepresentationSeed(Representation):
+    """Who is in one seed's D_t, and how its real part was drawn."""
+
+    seed: int
+    real_draw: RealDraw | None = Field(None, description="None: the real part is all of D_real (or none).")
+
+
+class RepresentationBlock(Model):
+    """Who is in D_t (SPEC §6), so that a minority's loss is visible: per seed, and the subgroup shares' means
+    over seeds with their intervals."""
+
+    per_seed: list[RepresentationSeed]
+    subgroup: list[Stat] = Field(description="Mean share of each subgroup (among images with a known one).")
+    cells: list[list[Prob]] = Field(description="Mean share of each (class, subgroup) cell over seeds.")
+    minority: int = Field(ge=0, description="The subgroup with the smallest share of D_real (ties: the lower index).")
+
+
 class GenerationRecord(Model):
     generation: int = Field(ge=0)
     generator: GeneratorRecord | None = Field(description="None at generation 0 (real data only).")
     classifiers: dict[str, ClassifierRecord]
+    representation: RepresentationBlock | None = Field(
+        None, description="Who is in D_t; None for a dataset without subgroups or a run of an older bench.")
+
+
+class ReparationSummary(Model):
+    """STAR as it ran (SPEC §2, docs/wyllie.md): the resolved target, and how close the STAR batches came to it
+    compared with their pools (the unit records hold each one's shares)."""
+
+    apply_to: Literal["classifiers", "generators", "both"]
+    budget: int = Field(ge=0)
+    target: list[list[Prob]] = Field(description="Target share of each (class, subgroup) cell.")
+    subgroups_of_synthetic: Literal["pixels", "oracle"] = Field(description="What the spec asked for.")
+    subgroup_sources: list[Literal["known", "pixels", "oracle"]] = Field(
+        description="Where the STAR units' synthetic subgroups came from, distinct (known: no synthetic image).")
+    units: int = Field(ge=0, description="Finished units that drew STAR batches.")
+    tv_achieved: Prob | None = Field(description="Mean over those units of the TV distance of their batches' "
+                                                 "shares from the target.")
+    tv_pool: Prob | None = Field(description="The same for their pools (what plain random batches draw).")
 
 
 class AFactor(Model):
@@ -299,6 +340,7 @@ class Results(Model):
     verdict: VerdictBlock | None = Field(
         None, description="None without a control arm (loop.control off) or before generation 1 finished."
     )
+    reparation: ReparationSummary | None = Field(None, description="None: no reparation section in the spec.")
     timing: Timing
 
     @model_validator(mode="after")
@@ -507,6 +549,7 @@ def _classifier_seed(seed: int, replicate: int, r: ClassifierResult) -> Classifi
         seed=seed, replicate=replicate, **r.metrics.model_dump(),
         variants={v: VariantAccuracy(acc=a.acc, drop=a.drop) for v, a in r.variants.items()},
         train=_train_stats(r.train), train_size={"real": r.train_size.real, "synthetic": r.train_size.synthetic},
+        reparation=r.reparation,
     )
 
 
@@ -614,7 +657,53 @@ def _generator_seed(seed: int, ev: EvaluateResult, fl: FilterResult, gr: Generat
         seed=seed, q=ev.q, u=ev.u, u_source=ev.u_source, fid=ev.fid, kid=ev.kid, kid_std=ev.kid_std,
         fid_note=ev.fid_note, class_balance=ev.class_balance, oracle_class_balance=ev.oracle_class_balance,
         kept_per_class=fl.kept_per_class, dropped_per_class=fl.dropped_per_class, relabeled=fl.relabeled,
-        generator_train_size=gr.train_size, candidates=sm.count,
+        generator_train_size=gr.train_size, candidates=sm.count, reparation=gr.reparation,
+    )
+
+
+def _representation(ctx: RunContext, finished: _Finished, t: int) -> RepresentationBlock | None:
+    """Who is in D_t, every seed (None where a seed's cannot be read: see ``RunContext.training_representation``)."""
+    import torch
+
+    per_seed = []
+    for s in ctx.spec.seeds:
+        found = ctx.training_representation(s, t)
+        if found is None:
+            return None
+        mix = finished.get(MixResult, unit("mix", s, t)) if t > 0 else None
+        per_seed.append(RepresentationSeed(seed=s, **found.model_dump(),
+                                           real_draw=None if mix is None else mix.real_draw))
+    real = ctx.data.train.subgroups
+    counts = torch.bincount(real[real >= 0], minlength=ctx.data.num_subgroups)
+    cells = [[sum(p.cells[c][g] for p in per_seed) / len(per_seed) for g in range(len(row))]
+             for c, row in enumerate(per_seed[0].cells)]
+    return RepresentationBlock(
+        per_seed=per_seed,
+        subgroup=[_stat([[p.subgroup[g]] for p in per_seed], PROB) for g in range(len(per_seed[0].subgroup))],
+        cells=[[min(1.0, v) for v in row] for row in cells],
+        minority=int(torch.argmin(counts)),
+    )
+
+
+def _reparation_summary(ctx: RunContext, finished: _Finished) -> ReparationSummary | None:
+    """STAR as it ran: its resolved target and the finished STAR units' distances from it."""
+    rep = ctx.spec.reparation
+    if rep is None:
+        return None
+    mixes = [r.reparation for _, r in finished.all()
+             if isinstance(r, (ClassifierResult, GeneratorResult)) and r.reparation is not None]
+    data = ctx.data
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    return ReparationSummary(
+        apply_to=rep.apply_to, budget=rep.budget, subgroups_of_synthetic=rep.subgroups_of_synthetic,
+        target=ctx.star_target.view(data.num_classes, data.num_subgroups).tolist(),
+        subgroup_sources=sorted({m.subgroup_source for m in mixes}),
+        units=len(mixes),
+        tv_achieved=mean([m.tv_achieved for m in mixes]),
+        tv_pool=mean([m.tv_pool for m in mixes]),
     )
 
 
@@ -690,7 +779,8 @@ def collect_results(ctx: RunContext, *, elapsed: float) -> Results:
                 q=_stat([[g.q] for g in gens], PROB), u=_stat([[g.u] for g in gens], PROB),
                 fid=_stat([[g.fid] for g in gens], (0.0, None)), kid=_stat([[g.kid] for g in gens], None),
             ))
-        generations.append(GenerationRecord(generation=t, generator=generator, classifiers=classifiers))
+        generations.append(GenerationRecord(generation=t, generator=generator, classifiers=classifiers,
+                                            representation=_representation(ctx, finished, t)))
 
     amplification = None
     verdict_block = None
@@ -770,6 +860,7 @@ def collect_results(ctx: RunContext, *, elapsed: float) -> Results:
         generations=generations,
         amplification=amplification,
         verdict=verdict_block,
+        reparation=_reparation_summary(ctx, finished),
         timing=timing,
     )
 
