@@ -421,8 +421,8 @@ class RunLog:
         took = duration(ut.seconds) if ut is not None else "?"
         left = "" if done == total else f"; run ETA {duration(eta)}"
         self._info(f"[{done}/{total}] finished {unit_label(u)} in {took}{speed}{left}")
-        if block is not None and not block:
-            summary = generation_summary(self.spec, self.run_dir, u.seed, u.generation)  # type: ignore[arg-type]
+        if u.seed is not None and block is not None and not block:
+            summary = generation_summary(self.spec, self.run_dir, u.seed, u.generation)
             if summary is not None:
                 self._info(f"generation done: {summary.line()}")
 
