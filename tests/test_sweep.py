@@ -126,7 +126,8 @@ def test_dry_run_lists_the_runs_and_runs_nothing(tmp_path):
     assert r.exit_code == 0, r.output
     listed = json.loads(r.stdout)["runs"]
     assert [run["overrides"] for run in listed] == [{"seeds": [0]}, {"seeds": [1]}]
-    assert all(run["run_id"].startswith("colored-mnist-dcgan-") and run["units"] == 14 and run["units_done"] == 0
+    # oracle, classifier at t = 0, then per generation: generator, sample, filter, mix, classifier, control, evaluate
+    assert all(run["run_id"].startswith("colored-mnist-dcgan-") and run["units"] == 16 and run["units_done"] == 0
                for run in listed)
     assert listed[0]["run_id"] != listed[1]["run_id"]
     assert not (tmp_path / "runs").exists()
