@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.engine.plan import RESULT, Unit
 from harness.engine.rundir import DamagedUnitError, read_result
@@ -47,6 +47,28 @@ class Stopwatch:
                           threads=self._threads() if self._threads else None)
 
 
+class History(Record):
+    """Training curves of one unit: each series' value at points along one axis (observation only: recording
+    them changes no trained number).
+
+    Classifiers: one point per epoch (``train_loss``, the mean loss over the epoch's batches, and ``val_acc``, the
+    held-out accuracy after it). Generators: one point every ``every`` optimizer steps, each the mean over those
+    steps (dcgan ``loss_d``, ``loss_g``; vae ``loss``, ``recon``, ``kl``; ddpm ``loss``).
+    """
+
+    axis: Literal["epoch", "step"]
+    at: list[int] = Field(description="The axis value of each point (the epoch, or the last step of its window).")
+    series: dict[str, list[float | None]] = Field(description="One value per point; None where not finite.")
+    every: int = Field(default=1, ge=1, description="Steps (or epochs) a point summarises.")
+
+    @model_validator(mode="after")
+    def _aligned(self) -> History:
+        bad = [name for name, values in self.series.items() if len(values) != len(self.at)]
+        if bad:
+            raise ValueError(f"series {bad[0]!r} has a length other than the {len(self.at)} points")
+        return self
+
+
 class TrainingStats(Record):
     """What :func:`harness.engine.training.train_classifier` reports."""
 
@@ -62,10 +84,16 @@ class TrainingStats(Record):
     best_steps: int | None = Field(
         default=None, ge=0, description="Optimizer steps up to the kept weights (the best epoch, or the budget)."
     )
+    history: History | None = Field(default=None, description="Per-epoch curves (None in older results).")
 
 
 class StageResult(Record):
     timing: UnitTiming
+
+    def curves(self) -> History | None:
+        """The unit's training curves: a classifier's or the oracle's per epoch, a generator's per N steps; None
+        for stages that train nothing, and in results written before curves were kept."""
+        return None
 
 
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -132,11 +160,18 @@ class OracleResult(StageResult):
     subgroup_test_acc: float | None
     train: TrainingStats
 
+    def curves(self) -> History | None:
+        return self.train.history
+
 
 class GeneratorResult(StageResult):
     train: dict[str, Any] = Field(description="The generator plugin's own training statistics.")
     train_size: int = Field(ge=0)
     reparation: BatchMix | None = Field(default=None, description="gen-STAR: how its training set was resampled.")
+    history: History | None = Field(default=None, description="The plugin's training curves, if it keeps them.")
+
+    def curves(self) -> History | None:
+        return self.history
 
 
 class SampleResult(StageResult):
@@ -201,6 +236,9 @@ class ClassifierResult(StageResult):
     model: dict[str, Any] = Field(description="What the classifier plugin built (input handling, weights).")
     control: ControlBudget | None = Field(default=None, description="Set on a control twin only.")
     reparation: BatchMix | None = Field(default=None, description="cla-STAR: what its training batches held.")
+
+    def curves(self) -> History | None:
+        return self.train.history
 
 
 class EvaluateResult(StageResult):
