@@ -6,8 +6,9 @@ augmented on the fly. Early stopping keeps the weights of the epoch with the bes
 On CUDA (the GPU fast path, docs/benchmarks.md): a unit's uint8 training set is moved to the GPU once when it fits
 in :data:`DEVICE_DATA_FRACTION` of the free GPU memory, and batches are gathered, converted and augmented there;
 ``precision: auto`` is bf16 autocast (fp16 with a gradient scaler on GPUs without bf16); models and batches are
-channels_last; the training loop never waits for the GPU inside an epoch (losses are not read per batch; the
-held-out accuracy is read once per epoch); ``BENCH_COMPILE=1`` compiles the model with :func:`torch.compile`.
+channels_last; the training loop never waits for the GPU inside an epoch (the losses are summed on the GPU and
+read once per epoch, with the held-out accuracy, for the training curve); ``BENCH_COMPILE=1`` compiles the model
+with :func:`torch.compile`.
 On the CPU ``auto`` is fp32, and the batch order and arithmetic are the same as without the fast path.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -211,6 +213,58 @@ def batches(index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield index[start : start + batch_size]
 
 
+#: Points a generator's training curve keeps at most (:class:`Curves`): one per ``ceil(steps / CURVE_POINTS)`` steps.
+CURVE_POINTS = 100
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class Curves:
+    """A generator's training curves (:class:`harness.engine.records.History`) at a fixed cadence: each optimizer
+    step's values are added on the device into one buffer, read back once by :meth:`history`, so recording them
+    never makes training wait for the GPU. A point is the mean of a series over ``every`` consecutive steps
+    (``every = ceil(total_steps / points)``), placed at the last step of its window.
+
+    ::
+
+        curves = Curves(("loss_d", "loss_g"), total_steps, device)
+        for ...:                                  # each optimizer step
+            curves.add(loss_d, loss_g)            # tensors (detached here) or floats
+        stats["history"] = curves.history()
+    """
+
+    def __init__(self, names: tuple[str, ...], total_steps: int, device: str | torch.device = "cpu", *,
+                 points: int = CURVE_POINTS):
+        self.names = tuple(names)
+        self.total = total_steps
+        self.every = max(1, -(-total_steps // max(points, 1)))
+        self._sums = torch.zeros(max(1, -(-total_steps // self.every)), len(self.names), dtype=torch.float64,
+                                 device=device)
+        self.steps = 0
+
+    def add(self, *values: torch.Tensor | float) -> None:
+        """One optimizer step's values, in the order of ``names``; steps past ``total_steps`` are not recorded."""
+        if len(values) != len(self.names):
+            raise ValueError(f"Curves.add takes {len(self.names)} values ({', '.join(self.names)}), got {len(values)}")
+        if self.steps < self.total:
+            row = self.steps // self.every
+            for i, v in enumerate(values):
+                self._sums[row, i] += v.detach().double() if isinstance(v, torch.Tensor) else float(v)
+        self.steps += 1
+
+    def history(self) -> dict[str, Any]:
+        """The curves as plain data (the fields of ``History``), for a ``fit`` statistics mapping."""
+        recorded = min(self.steps, self.total)
+        rows = -(-recorded // self.every)
+        sums = self._sums[:rows].cpu().tolist()  # the one read from the device
+        at = [min((r + 1) * self.every, recorded) for r in range(rows)]
+        counts = [end - r * self.every for r, end in enumerate(at)]
+        series = {name: [_finite(sums[r][i] / counts[r]) for r in range(rows)] for i, name in enumerate(self.names)}
+        return {"axis": "step", "at": at, "series": series, "every": self.every}
+
+
 class BatchSampler(Protocol):
     """Draws the batches of one training epoch: index tensors (CPU, int64) into the training set, taken from
     ``pool`` (the indices training may use), with the randomness of ``generator``."""
@@ -238,7 +292,9 @@ def train_classifier(
     sampler: BatchSampler | None = None,
 ) -> Mapping[str, Any]:
     """Train ``clf.model`` on ``data`` with the recipe; early-stop on a held-out split of ``data`` (or on ``val``
-    when given, training on all of ``data``). Returns statistics.
+    when given, training on all of ``data``). Returns statistics (the fields of
+    :class:`harness.engine.records.TrainingStats`), with ``history``: per epoch the mean training loss and the
+    held-out accuracy.
 
     ``max_steps``: train for exactly that many optimizer steps instead (a control twin's budget, SPEC §2): the
     same held-out split and data order, no early stopping, the weights after the last step kept. Epochs are cut
@@ -271,6 +327,7 @@ def train_classifier(
     best_acc, best_epoch, best_state, bad = -1.0, 0, None, 0
     seen, steps, best_steps, t0 = 0, 0, 0, time.perf_counter()
     train_seconds = 0.0
+    curve: dict[str, list[float | None]] = {"train_loss": [], "val_acc": []}  # one point per epoch
     with runtime.reporter.task(f"train {clf.name}", total=epochs * steps_per_epoch) as task:
         for epoch in range(1, epochs + 1):
             clf.model.train()
@@ -280,6 +337,7 @@ def train_classifier(
                 epoch_batches = batches(order, recipe.batch_size)
             else:
                 epoch_batches = (_to_device(b, where) for b in sampler.epoch(train_idx, recipe.batch_size, gen))
+            epoch_loss, epoch_steps = torch.zeros((), dtype=torch.float64, device=dev), 0  # summed on the device
             for idx in epoch_batches:  # nothing in this loop waits for the GPU
                 if max_steps is not None and steps >= max_steps:
                     break
@@ -291,6 +349,8 @@ def train_classifier(
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
+                epoch_loss += loss.detach().double()
+                epoch_steps += 1
                 seen += idx.numel()
                 steps += 1
                 task.advance(1)
@@ -298,6 +358,8 @@ def train_classifier(
                 torch.cuda.synchronize(dev)  # the epoch's time includes its queued GPU work
             train_seconds += time.perf_counter() - t_epoch
             acc = accuracy(clf, val, val_images)
+            curve["train_loss"].append(_finite(epoch_loss.item() / epoch_steps) if epoch_steps else None)
+            curve["val_acc"].append(acc)
             if max_steps is not None:  # a fixed budget: the last weights are the kept ones
                 best_acc, best_epoch, best_steps = acc, epoch, steps
                 if steps >= max_steps:
@@ -325,4 +387,5 @@ def train_classifier(
         "images_per_s": seen / train_seconds if train_seconds > 0 else None,
         "steps": steps,
         "best_steps": best_steps,
+        "history": {"axis": "epoch", "at": list(range(1, len(curve["val_acc"]) + 1)), "series": curve},
     }

@@ -7,6 +7,8 @@
 ``generator``          FID (Table 1), label fidelity q_t and unbalanced generation u_t per generation
 ``amplification``      bias B_t with its band, and A_t = B_{t+1}/B_t per classifier with its intervals where the
                        results carry them; A_bar, the fit and the verdict
+``curves``             training curves of the first seed: the generator's losses per N steps and each classifier's
+                       training loss and held-out accuracy per epoch, one line per generation
 ``samples``            generated samples, one row per generation under a row of real training images, columns
                        grouped and labelled by class (Figs. 10–12)
 =====================  =======================================================================================
@@ -392,6 +394,69 @@ def amplification_figure(results: Any) -> Any | None:
     return fig
 
 
+# --------------------------------------------------------------------------------------------------- curves
+
+
+def curves_figure(run_dir: Path, results: Any, seed: int = 0) -> Any | None:
+    """The training curves of one seed (kept in the units' ``result.json``, :class:`~harness.engine.records.History`):
+    a row for the generator (each loss per N optimizer steps) and one per classifier (training loss and held-out
+    accuracy per epoch; replicate 0 of the treated arm), one line per generation (at most six, spread). ``None``
+    when no unit of the seed kept curves (a run from before they were kept, or nothing trained yet)."""
+    from harness.engine.plan import unit
+    from harness.engine.records import ClassifierResult, GeneratorResult, read_record
+    from harness.engine.rundir import DamagedUnitError
+
+    def curves(stage: str, t: int, name: str | None = None) -> Any:
+        model = GeneratorResult if stage == "generator" else ClassifierResult
+        try:
+            record = read_record(unit(stage, seed, t, name), Path(run_dir), model)
+        except DamagedUnitError:
+            return None  # bench status and bench run --verify report it
+        return record.curves() if record is not None else None
+
+    last = int(results.spec["loop"]["generations"])
+    gens = selected_generations(last)
+    rows: list[tuple[str, dict[int, Any]]] = [("generator", {t: h for t in gens if t and (h := curves("generator", t))})]
+    rows += [(m, {t: h for t in gens if (h := curves("classifier", t, m))}) for m in classifier_names(results)]
+    rows = [(name, found) for name, found in rows if found]
+    if not rows:
+        return None
+    generator_series = list(dict.fromkeys(k for name, found in rows[:1] if name == "generator"
+                                          for h in found.values() for k in h.series))
+    ncols = max(2, len(generator_series))
+    fig, axes = _figure(ncols, len(rows), width=3.4, height=2.8)
+    colors = {t: f"C{i % 10}" for i, t in enumerate(gens)}
+    for row, (name, found) in zip(axes, rows, strict=True):
+        if name == "generator":
+            every = {h.every for h in found.values()}
+            n = every.pop() if len(every) == 1 else None
+            per = "per step" if n == 1 else f"mean over {n or 'N'} steps"
+            panels = [(k, k, f"{k} ({per})") for k in generator_series]
+            title = f"generator {results.spec['generator']['name']}"
+        else:
+            panels = [("train_loss", "training loss", "training loss (cross-entropy)"),
+                      ("val_acc", "held-out accuracy", YLABELS["acc"])]
+            title = f"classifier {name}"
+        for ax, (key, what, ylabel) in zip(row, panels):
+            for t, h in found.items():
+                if key in h.series:
+                    ys = [math.nan if v is None else v for v in h.series[key]]
+                    ax.plot(h.at, ys, marker="o" if len(h.at) <= 20 else None, ms=3, color=colors[t], label=f"gen {t}")
+            ax.set_title(f"{title}: {what}", fontsize="small")
+            ax.set_xlabel("epoch" if name != "generator" else "optimizer step")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            if key == "val_acc":
+                _bound_axis(ax, "acc")
+            if name != "generator":
+                _int_xaxis(ax, sorted({a for h in found.values() for a in h.at}))
+        for ax in row[len(panels):]:
+            ax.set_visible(False)
+        row[0].legend(fontsize="x-small")
+    fig.suptitle(f"{results.run_id}: training curves, seed {seed} (one line per generation)", fontsize="medium")
+    return fig
+
+
 # --------------------------------------------------------------------------------------------------- samples
 
 
@@ -651,6 +716,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, *, data_root: Path 
     if any(g.generator is not None for g in results.generations):
         figures.append(("generator", generator_figure(results)))
     figures.append(("amplification", amplification_figure(results)))
+    figures.append(("curves", curves_figure(run_dir, results, results.spec["seeds"][0])))
     def real(classes: list[int], per_class: int) -> tuple[Any, Any] | str:
         return real_examples(run_dir, classes, per_class, data_root=data_root, plugins=plugins)
 

@@ -21,7 +21,8 @@ The fakes are conditioned on the real batch's labels, so G trains on the data's 
 matters for the study), never a uniform one. The data stay uint8 and each batch is converted to ``[-1, 1]`` on
 the fly (one ``randperm`` per epoch, no DataLoader). On a GPU the uint8 set is moved there once per unit when it
 fits (:func:`harness.engine.training.device_images`), the losses are read once per epoch (no per-step host
-synchronisation) and samples are drawn in batches of 8,192.
+synchronisation; the training curves of D's and G's losses, a point per N steps, once at the end) and samples are
+drawn in batches of 8,192.
 
 Precision: autocast with ``runtime.autocast_dtype`` (obeyed as given). On a CPU without native bf16 (AVX2 only)
 bf16 is emulated and 8–13× slower here: run such machines in fp32 (docs/generators.md).
@@ -32,14 +33,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from harness.engine.training import device_images
+from harness.engine.training import Curves, device_images
 from harness.interfaces import Generator, Options, Runtime
 from harness.imageset import ImageSet, from_unit_float
 
@@ -295,7 +296,7 @@ class DCGAN(Generator):
     def _g_loss(self, fake: torch.Tensor) -> torch.Tensor:
         return -fake.mean() if self.options.loss == "hinge" else F.softplus(-fake).mean()
 
-    def fit(self, data: ImageSet) -> Mapping[str, float]:
+    def fit(self, data: ImageSet) -> Mapping[str, Any]:
         o = self.options
         n = self.check_data(data, "dcgan", 2)
         bs = min(o.batch_size, n)
@@ -340,6 +341,7 @@ class DCGAN(Generator):
         sum_d = sum_g = 0.0
         seen = step = 0
         last_d = last_g = float("nan")
+        curves = Curves(("loss_d", "loss_g"), o.epochs * steps_per_epoch, self.device)  # read once, at the end
         t0 = time.perf_counter()
         with self.runtime.reporter.task("dcgan: train", total=o.epochs * steps_per_epoch) as task:
             for _ in range(o.epochs):
@@ -403,6 +405,7 @@ class DCGAN(Generator):
                             torch._foreach_lerp_(ema_params, [p.detach() for p in g_params], 1.0 - decay)
                     ep_d += loss_d.detach().double()
                     ep_g += loss_g.detach().double()
+                    curves.add(loss_d, loss_g)
                     seen += len(idx)
                     task.advance(1)
                 ep_d, ep_g = ep_d.item(), ep_g.item()
@@ -423,6 +426,7 @@ class DCGAN(Generator):
             "images_per_s": seen / seconds if seconds > 0 else float("nan"),
             "parameters_g": float(sum(p.numel() for p in G.parameters())),
             "parameters_d": float(sum(p.numel() for p in D.parameters())),
+            "history": curves.history(),
         }
 
     @torch.no_grad()

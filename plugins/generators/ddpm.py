@@ -31,6 +31,7 @@ import torch
 from pydantic import Field, model_validator
 from torch.nn import functional as F
 
+from harness.engine.training import Curves
 from harness.errors import ConfigError
 from harness.interfaces import Generator, Options
 from harness.imageset import ImageSet, from_unit_float
@@ -151,7 +152,7 @@ class DDPM(Generator):
 
     # ------------------------------------------------------------------ training
 
-    def fit(self, data: ImageSet) -> Mapping[str, float]:
+    def fit(self, data: ImageSet) -> Mapping[str, Any]:
         from diffusers import DDPMScheduler
 
         o = self.options
@@ -171,6 +172,7 @@ class DDPM(Generator):
         total = 0.0
         step = seen = 0
         first = last = float("nan")
+        curves = Curves(("loss",), o.epochs * steps_per_epoch, self.device)
         t0 = time.perf_counter()
         with self.runtime.reporter.task("ddpm: train", total=o.epochs * steps_per_epoch) as task:
             for epoch in range(o.epochs):
@@ -202,6 +204,7 @@ class DDPM(Generator):
                         with torch.no_grad():
                             torch._foreach_lerp_(ema_params, [p.detach() for p in unet.parameters()], 1.0 - decay)
                     epoch_loss += loss.item() * b
+                    curves.add(loss)
                     seen += b
                     task.advance(1)
                 last = epoch_loss / n
@@ -219,6 +222,7 @@ class DDPM(Generator):
             "images_per_s": seen / seconds if seconds > 0 else float("nan"),
             "parameters": float(sum(p.numel() for p in unet.parameters())),
             "cond_drop_prob": drop,
+            "history": curves.history(),
         }
 
     # ------------------------------------------------------------------ sampling and state

@@ -31,6 +31,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
+from harness.engine.training import Curves
 from harness.errors import ConfigError
 from harness.interfaces import Generator, Options
 from harness.imageset import ImageSet
@@ -149,7 +150,7 @@ class ConditionalVAE(Generator):
         kl = -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum() / b
         return recon, kl
 
-    def fit(self, data: ImageSet) -> Mapping[str, float]:
+    def fit(self, data: ImageSet) -> Mapping[str, Any]:
         o = self.options
         n = self.check_data(data, "vae")
         bs = min(o.batch_size, n)
@@ -162,6 +163,7 @@ class ConditionalVAE(Generator):
         step = seen = 0
         ep_recon = ep_kl = float("nan")
         first = float("nan")
+        curves = Curves(("loss", "recon", "kl"), o.epochs * steps_per_epoch, self.device)
         t0 = time.perf_counter()
         with self.runtime.reporter.task("vae: train", total=o.epochs * steps_per_epoch) as task:
             for epoch in range(o.epochs):
@@ -181,6 +183,7 @@ class ConditionalVAE(Generator):
                     seen += len(idx)
                     sum_recon += recon.item() * len(idx)
                     sum_kl += kl.item() * len(idx)
+                    curves.add(loss, recon, kl)
                     task.advance(1)
                 ep_recon, ep_kl = sum_recon / n, sum_kl / n
                 if epoch == 0:
@@ -198,6 +201,7 @@ class ConditionalVAE(Generator):
             "images_seen": float(seen),
             "seconds": seconds,
             "images_per_s": seen / seconds if seconds > 0 else float("nan"),
+            "history": curves.history(),
         }
 
     @torch.no_grad()
