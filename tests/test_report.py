@@ -18,7 +18,8 @@ from harness.cli import app
 from tests.test_leaderboard import run_tiny, synthetic_results, write
 
 PNG = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("metrics.png", "worst_k.png", "generator.png", "amplification.png", "curves.png", "samples.png")
+FIGURES = ("metrics.png", "worst_k.png", "generator.png", "amplification.png", "curves.png", "representation.png",
+           "samples.png")
 
 
 @pytest.fixture(scope="session")
@@ -135,7 +136,8 @@ def test_multi_seed_multi_classifier_report_from_a_faked_run_folder(tmp_path):
     for t in (1, 2, 3):
         fake_samples(run_dir, t)
     paths = write_report(run_dir, tmp_path / "out")
-    assert [p.name for p in paths] == [f for f in FIGURES if f != "curves.png"]  # no unit in the folder: no curves
+    # faked: no D_t recorded, no unit in the folder (no curves)
+    assert [p.name for p in paths] == [f for f in FIGURES if f not in ("curves.png", "representation.png")]
     for p in paths:
         assert_png(p)
     rows = sample_rows(run_dir)

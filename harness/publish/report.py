@@ -7,6 +7,8 @@
 ``generator``          FID (Table 1), label fidelity q_t and unbalanced generation u_t per generation
 ``amplification``      bias B_t with its band, and A_t = B_{t+1}/B_t per classifier with its intervals where the
                        results carry them; A_bar, the fit and the verdict
+``representation``     who is in the training set D_t: each subgroup's share, and the minority's share of its class
+                       (Wyllie et al.; real part known, synthetic part measured or estimated)
 ``curves``             training curves of the first seed: the generator's losses per N steps and each classifier's
                        training loss and held-out accuracy per epoch, one line per generation
 ``samples``            generated samples, one row per generation under a row of real training images, columns
@@ -305,6 +307,43 @@ def generator_figure(results: Any) -> Any:
         ax.set_ylabel(YLABELS[key])
         ax.set_title(titles[key])
     fig.suptitle(f"{results.run_id}: generators per generation ({_seeds_note(results)})", fontsize="medium")
+    return fig
+
+
+def representation_figure(results: Any) -> Any | None:
+    """Who is in D_t across generations (Wyllie et al.'s representation): each subgroup's share of the training
+    set, and the mean over classes of the share of each class that is its D_real-minority subgroup. None when no
+    generation records it (a dataset without subgroups, results of an older bench)."""
+    gens = [g for g in results.generations if g.representation is not None]
+    if not gens:
+        return None
+    ts = [g.generation for g in gens]
+    fig, axes = _figure(2, width=4.6)
+    names = results.dataset.subgroup_names
+    for k, stats in enumerate(zip(*(g.representation.subgroup for g in gens), strict=True)):
+        mean, lo, hi, band = _series(list(stats), "u")
+        label = names[k] if results.dataset.subgroup_scope == "global" and k < len(names) else f"subgroup {k}"
+        (line,) = axes[0][0].plot(ts, mean, marker="o", ms=3, label=str(label))
+        if band:
+            axes[0][0].fill_between(ts, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    axes[0][0].legend(fontsize="small", title="subgroup")
+    axes[0][0].set_title("each subgroup's share of D_t")
+    mean, lo, hi, band = _series([g.representation.minority_share for g in gens], "u")
+    axes[0][1].plot(ts, mean, marker="o", ms=3, color="C3")
+    if band:
+        axes[0][1].fill_between(ts, lo, hi, color="C3", alpha=0.2, linewidth=0)
+    if gens[0].generation == 0 and not math.isnan(mean[0]):
+        axes[0][1].axhline(mean[0], color="0.5", linestyle="--", linewidth=1, label="D_real")
+        axes[0][1].legend(fontsize="small")
+    axes[0][1].set_title("minority share of its class, mean over classes")
+    for ax in axes[0]:
+        ax.set_xlabel("generation t")
+        ax.set_ylabel("share of images (0–1)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        _int_xaxis(ax, ts)
+    fig.suptitle(f"{results.run_id}: representation in the training set D_t ({_seeds_note(results)})",
+                 fontsize="medium")
     return fig
 
 
@@ -717,6 +756,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, *, data_root: Path 
         figures.append(("generator", generator_figure(results)))
     figures.append(("amplification", amplification_figure(results)))
     figures.append(("curves", curves_figure(run_dir, results, results.spec["seeds"][0])))
+    figures.append(("representation", representation_figure(results)))
     def real(classes: list[int], per_class: int) -> tuple[Any, Any] | str:
         return real_examples(run_dir, classes, per_class, data_root=data_root, plugins=plugins)
 

@@ -191,6 +191,12 @@ class RepresentationBlock(Model):
     subgroup: list[Stat] = Field(description="Mean share of each subgroup (among images with a known one).")
     cells: list[list[Prob]] = Field(description="Mean share of each (class, subgroup) cell over seeds.")
     minority: int = Field(ge=0, description="The subgroup with the smallest share of D_real (ties: the lower index).")
+    class_minority: list[int] = Field(
+        description="Per class, its subgroup with the smallest share of the class in D_real, among those it has "
+        "(-1: the class has no image with a known subgroup).")
+    minority_share: Stat = Field(
+        description="Mean over classes of the share of the class's images in D_t that are of its class_minority "
+        "subgroup: the minority's representation (D_real: its value at generation 0).")
 
 
 class GenerationRecord(Model):
@@ -673,15 +679,29 @@ def _representation(ctx: RunContext, finished: _Finished, t: int) -> Representat
         mix = finished.get(MixResult, unit("mix", s, t)) if t > 0 else None
         per_seed.append(RepresentationSeed(seed=s, **found.model_dump(),
                                            real_draw=None if mix is None else mix.real_draw))
-    real = ctx.data.train.subgroups
-    counts = torch.bincount(real[real >= 0], minlength=ctx.data.num_subgroups)
-    cells = [[sum(p.cells[c][g] for p in per_seed) / len(per_seed) for g in range(len(row))]
-             for c, row in enumerate(per_seed[0].cells)]
+    data = ctx.data
+    L, G = data.num_classes, data.num_subgroups
+    real = data.train
+    known = real.subgroups >= 0
+    counts = torch.bincount(real.subgroups[known], minlength=G)
+    real_cells = torch.bincount(real.labels[known] * G + real.subgroups[known], minlength=L * G).view(L, G)
+    # per class, its smallest subgroup among those it has
+    class_minority = torch.where(real_cells > 0, real_cells, real_cells.max() + 1).argmin(1)
+    class_minority = torch.where(real_cells.sum(1) > 0, class_minority, -1).tolist()
+
+    def minority_share(p: RepresentationSeed) -> float | None:
+        shares = [p.cells[c][m] / sum(p.cells[c]) for c, m in enumerate(class_minority)
+                  if m >= 0 and sum(p.cells[c]) > 0]
+        return sum(shares) / len(shares) if shares else None
+
+    cells = [[sum(p.cells[c][g] for p in per_seed) / len(per_seed) for g in range(G)] for c in range(L)]
     return RepresentationBlock(
         per_seed=per_seed,
-        subgroup=[_stat([[p.subgroup[g]] for p in per_seed], PROB) for g in range(len(per_seed[0].subgroup))],
+        subgroup=[_stat([[p.subgroup[g]] for p in per_seed], PROB) for g in range(G)],
         cells=[[min(1.0, v) for v in row] for row in cells],
         minority=int(torch.argmin(counts)),
+        class_minority=class_minority,
+        minority_share=_stat([[minority_share(p)] for p in per_seed], PROB),
     )
 
 
