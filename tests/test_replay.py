@@ -17,7 +17,7 @@ from harness.errors import ConfigError
 from harness.imageset import ImageSet, to_float
 from harness.interfaces import Runtime
 from plugins.datasets._mnist_io import MNIST_FILES
-from plugins.datasets.colored_mnist import ColoredMNIST
+from plugins.datasets.colored_mnist import ColoredMNISTWyllie
 from plugins.generators.replay import Replay, allocate
 from tests.conftest import REPO, shared_data_root, tiny_config
 
@@ -464,7 +464,8 @@ def test_seqclass_config_spells_the_setting_and_runs(tmp_path):
     # generation 2 replays D_1 (f_0's labels) and still returns every real training image exactly once
     run_dir = Path(r.stdout.strip().splitlines()[-1]).parent
     samples = ImageSet.load(unit("sample", 0, 2).directory(run_dir) / "samples.safetensors").images
-    ds = ColoredMNIST(ColoredMNIST.Options.model_validate(spec["dataset"]["options"]))
+    assert spec["dataset"]["name"] == "colored-mnist-wyllie"  # Wyllie et al.'s ColoredMNIST (docs/wyllie.md)
+    ds = ColoredMNISTWyllie(ColoredMNISTWyllie.Options.model_validate(spec["dataset"]["options"]))
     real = ds.load().train.images
     assert torch.equal(torch.unique(samples.flatten(1), dim=0), torch.unique(real.flatten(1), dim=0))
     assert torch.unique(samples.flatten(1), dim=0).shape[0] == len(samples) == 300
