@@ -115,6 +115,18 @@ def test_sampler_epochs_use_only_the_pool_and_never_ask_for_unknown_subgroups():
     assert summary["subgroup_source"] == "pixels"
 
 
+def test_the_sampler_counts_only_the_batches_training_used():
+    strata = skewed_strata(1000, [0.5, 0.5])
+    sampler = StratifiedBatchSampler(strata, torch.tensor([0.5, 0.5], dtype=torch.float64), 10, num_classes=1,
+                                     num_subgroups=2)
+    for i, _ in enumerate(sampler.epoch(torch.arange(1000), 50, torch.Generator().manual_seed(0))):
+        if i == 7:  # a step budget reached: the 8th batch was fetched, not trained on
+            break
+    assert sampler.summary()["batches"] == 7
+    assert sum(1 for _ in sampler.epoch(torch.arange(1000), 50, torch.Generator().manual_seed(1))) == 20
+    assert sampler.summary()["batches"] == 27
+
+
 def test_star_resample_keeps_the_size_and_moves_toward_the_target():
     strata = skewed_strata(3000, [0.6, 0.25, 0.1, 0.05])
     target = torch.full((4,), 0.25, dtype=torch.float64)

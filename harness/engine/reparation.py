@@ -164,15 +164,16 @@ class StratifiedBatchSampler:
         self.tally = BatchMixTally(strata, target, num_classes, num_subgroups, budget, source)
 
     def epoch(self, pool: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        """The batches of one epoch, as index tensors (CPU, int64); each is counted when handed out."""
+        """The batches of one epoch, as index tensors (CPU, int64); each is counted once the next one is asked for
+        or the epoch ends, so a batch fetched but not trained on (a step budget reached) is not."""
         self.tally.batch_size = batch_size
         self.tally.add_pool(pool)
         steps = -(-pool.numel() // batch_size)
         batches, fill = star_batches(self.tally.strata, pool, quotas(self.tally.target, batch_size), batch_size,
                                      self.budget, steps, generator)
         for row, filled in zip(batches, fill.tolist(), strict=True):  # one iteration per batch
-            self.tally.add(row, filled)
             yield row
+            self.tally.add(row, filled)
 
     def summary(self) -> dict[str, Any]:
         return self.tally.summary()
