@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -71,18 +70,18 @@ FFL_EDITS = (
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> dict[str, float]:
-    """Run ``cmd``; wall seconds, CPU seconds (with its children) and the peak RSS of its largest process (GiB)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run ``cmd``; wall seconds, CPU seconds (with its children) and the peak RSS of its largest process (GiB),
+    from this child's own resource usage (``wait4``), not that of every child so far."""
     t0 = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode:
+    code = os.waitstatus_to_exitcode(status)
+    if code:
         tail = log.read_text().splitlines()[-15:]
-        raise SystemExit(f"{cmd[1]} exited with {proc.returncode}; the end of {log}:\n" + "\n".join(tail))
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu, "peak_gib": after.ru_maxrss / 2**20}
+        raise SystemExit(f"{cmd[1]} exited with {code}; the end of {log}:\n" + "\n".join(tail))
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_gib": usage.ru_maxrss / 2**20}
 
 
 def prepare_ffl(src: Path, work: Path, data_root: Path) -> Path:
