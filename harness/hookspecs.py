@@ -15,9 +15,9 @@ plugins never imports torch::
     def register_generators(register):
         register("my-gan", "my_package.gan:MyGAN")
 
-The registered class subclasses one of :class:`Dataset`, :class:`Generator`, :class:`Classifier` or
-:class:`Filter` (:mod:`harness.interfaces`), and declares its options as a pydantic model in ``Options``. The harness validates the
-user's options with that model, so a typo in an option is an error, not a silent default.
+The registered class subclasses one of :class:`Dataset`, :class:`Generator`, :class:`Classifier`, :class:`Filter`
+or :class:`Tracker` (:mod:`harness.interfaces`), and declares its options as a pydantic model in ``Options``. The
+harness validates the user's options with that model, so a typo in an option is an error, not a silent default.
 
 Hooks are only ever extended with new *optional* arguments (pluggy passes only the arguments an implementation
 names), so a plugin written today keeps working.
@@ -27,7 +27,7 @@ This module imports neither torch nor numpy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +90,17 @@ def register_filters(register: Registrar) -> None:
 
 
 @hookspec
+def register_trackers(register: Registrar) -> None:
+    """Contribute experiment trackers, which ``bench run --tracker NAME`` selects per run.
+
+    :param register: call ``register(name, cls_or_path)`` once per tracker; ``cls`` subclasses :class:`Tracker`
+        (:mod:`harness.interfaces`), whose instances receive the lifecycle hooks below while the run they were
+        selected for runs.
+    :returns: nothing.
+    """
+
+
+@hookspec
 def on_run_start(spec: Any, run_dir: Path) -> None:
     """Called once when a run starts or resumes, before any work unit runs.
 
@@ -114,12 +125,28 @@ def on_generation_end(spec: Any, seed: int, generation: int, record: Mapping[str
 
 
 @hookspec
-def on_run_end(spec: Any, results: Results, run_dir: Path) -> None:
-    """Called once after ``results.json`` has been written.
+def on_unit_end(spec: Any, unit: Any, record: Any, run_dir: Path) -> None:
+    """Called after each work unit has finished (also on resume, for the units finished before), in the process
+    that runs the loop, whichever executor ran the unit.
+
+    :param spec: the validated run spec.
+    :param unit: the :class:`harness.engine.plan.Unit` (``stage``, ``seed``, ``generation``, ``name``, ``key``).
+    :param record: what the unit recorded in its ``result.json``, as its stage's pydantic model
+        (:mod:`harness.engine.records`; ``record.curves()`` is its training curves or ``None``). Read-only.
+    :param run_dir: the run directory.
+    :returns: nothing.
+    """
+
+
+@hookspec
+def on_run_end(spec: Any, results: Results, run_dir: Path, figures: Sequence[Path]) -> None:
+    """Called once after ``results.json`` has been written (and the report drawn, when the caller draws one).
 
     :param spec: the validated run spec.
     :param results: the :class:`harness.publish.results.Results` written to ``run_dir / "results.json"``.
     :param run_dir: the run directory.
+    :param figures: the report's figure files drawn for this run before the hook (``bench run`` draws them); empty
+        when none were drawn.
     :returns: nothing.
     """
 

@@ -1,4 +1,4 @@
-"""The interfaces a plugin implements: the four plugin base classes, their ``Options``, and the runtime and
+"""The interfaces a plugin implements: the five plugin base classes, their ``Options``, and the runtime and
 contexts the harness hands them. The hooks that register them are in :mod:`harness.hookspecs`.
 
 This module imports neither torch nor numpy (only for type checking).
@@ -6,13 +6,19 @@ This module imports neither torch nor numpy (only for type checking).
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import logging
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
+
+from harness.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -206,7 +212,10 @@ class Generator(ABC):
     @abstractmethod
     def fit(self, data: ImageSet) -> Mapping[str, Any]:
         """Train from scratch on ``data`` (uint8 images, labels). Returns training statistics (recorded in the
-        unit's ``result.json``: numbers, or strings such as a base model's path and hash).
+        unit's ``result.json``: numbers, or strings such as a base model's path and hash), and optionally, under
+        ``"history"``, training curves: ``{"axis": "step", "at": [steps], "series": {name: [values]}, "every": N}``
+        (:class:`harness.engine.records.History`; :class:`harness.engine.training.Curves` builds one cheaply),
+        which ``bench report`` draws and the trackers log.
 
         Read ``data.images`` by batch (``data.images[idx]``): for large datasets it is a
         :class:`~harness.imageset.LazyImages` over memory-mapped shards rather than one tensor."""
@@ -333,6 +342,172 @@ class Filter(ABC):
         return None
 
 
+# --------------------------------------------------------------------------------------------------- trackers
+
+#: A parameter value as trackers take it.
+Param = str | int | float | bool | None
+
+
+def flat_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, Param]:
+    """Nested mappings as one level of dotted keys (``loop.generations``); lists as JSON text."""
+    out: dict[str, Param] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_params(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(value, separators=(",", ":"), default=str)
+        elif value is None or isinstance(value, (str, int, float, bool)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
+
+
+def flat_numbers(data: Mapping[str, Any], prefix: str, skip: tuple[str, ...] = ()) -> dict[str, float]:
+    """The finite numbers of a nested mapping under slash-joined keys (``seed-0/classifiers/lenet/acc``); lists,
+    text, booleans, ``None`` and the keys in ``skip`` (at any depth) are left out."""
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        name = f"{prefix}/{key}"
+        if key in skip:
+            continue
+        if isinstance(value, Mapping):
+            out.update(flat_numbers(value, name, skip))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+class Tracker(ABC):
+    """An experiment tracker (MLflow, TensorBoard, W&B, ...): chosen per run (``bench run --tracker NAME``) and not
+    part of the spec, it mirrors a run into an outside tool and changes nothing in the run.
+
+    The harness builds each selected tracker with its validated options and registers the object on the plugin
+    manager for the run (:func:`harness.plugin.factory.tracking`), so it receives the lifecycle hooks of
+    :mod:`harness.hookspecs`. This class implements those hooks and turns them into the calls a tracker
+    implements, so every tracker logs the same things under the same names (docs/trackers.md):
+
+    - :meth:`start`, when the run starts: the spec, flattened (``loop.generations``, ``spec_hash``), as parameters;
+    - :meth:`log_metrics`, at each generation's end: that generation's numbers per seed, at step ``t``
+      (``seed-0/classifiers/lenet/acc``, ``seed-0/generator/q``), on the axis ``"generation"``;
+    - :meth:`log_metrics`, at each unit's end: its training curves (:class:`harness.engine.records.History`) point
+      by point (``curves/seed-0/gen-001/generator/loss_d`` on the axis ``curves/seed-0/gen-001/generator/step``);
+    - :meth:`log_files`, at the run's end: the report's figures (when ``bench run`` drew them) and ``results.json``;
+    - :meth:`finish`, once: at the run's end, or ``failed=True`` when the run stops on an error.
+
+    A tracker that cannot start is an error before any work; one that fails to log later is a warning (logger
+    ``harness.trackers``), and the run goes on without it.
+    """
+
+    Options: ClassVar[type[Options]] = Options
+    #: The module the tracker's library provides, and the pip requirements that install it (for the message).
+    library: ClassVar[str | None] = None
+    requirements: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, options: Options):
+        self.options = options
+        self.name = type(self).__name__  # the registered name, once the harness has built it for a run
+        self._state = "new"  # new → started → finished (or broken: a log call failed; no more calls)
+
+    @classmethod
+    def preflight(cls, options: Options) -> None:
+        """Called before the run starts: raise :class:`harness.errors.ConfigError` (one line saying what to
+        ``pip install``) when the tracker's library is missing. Must be cheap; the default checks ``library``."""
+        if cls.library:
+            cls.require(cls.library, *cls.requirements)
+
+    @classmethod
+    def require(cls, module: str, *requirements: str) -> None:
+        """Raise :class:`harness.errors.ConfigError` saying what to ``pip install`` unless ``module`` imports."""
+        from harness.errors import ConfigError
+
+        if importlib.util.find_spec(module) is None:
+            what = " ".join(f"'{r}'" for r in requirements or (module,))
+            raise ConfigError(f"the {module} package is not installed: pip install {what} (or, in a bench "
+                              "checkout, every tracker: pip install -e '.[track]')")
+
+    # ---------------------------------------------------------------- what a tracker implements
+
+    @abstractmethod
+    def start(self, *, name: str, params: Mapping[str, Param], run_dir: Path) -> None:
+        """Open a tracker run called ``name`` (the bench run id) with ``params``; by default keep its files under
+        ``run_dir``."""
+
+    @abstractmethod
+    def log_metrics(self, metrics: Mapping[str, float], *, step: int, axis: str) -> None:
+        """Log ``metrics`` at ``step``; ``axis`` names what the step counts (``"generation"``, or a curve's
+        ``…/epoch`` or ``…/step``), for trackers that plot each metric against its own axis."""
+
+    @abstractmethod
+    def log_files(self, paths: Sequence[Path], *, folder: str) -> None:
+        """Keep copies of ``paths`` with the tracker run, under ``folder`` (``"report"``, or ``""``)."""
+
+    @abstractmethod
+    def finish(self, *, failed: bool) -> None:
+        """Close the tracker run (marked failed when ``failed``)."""
+
+    # ---------------------------------------------------------------- the hooks
+
+    @hookimpl
+    def on_run_start(self, spec: Any, run_dir: Path) -> None:
+        from harness.errors import BenchError, ConfigError
+
+        params = flat_params({"run_id": spec.run_id, "spec_hash": spec.spec_hash(), **spec.identity()})
+        try:
+            self.start(name=spec.run_id, params=params, run_dir=run_dir)
+        except BenchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a tracker that cannot start is one line, before any work
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise ConfigError(f"tracker {self.name!r} could not start: {type(exc).__name__}: {first}") from exc
+        self._state = "started"
+
+    @hookimpl
+    def on_generation_end(self, seed: int, generation: int, record: Mapping[str, Any]) -> None:
+        metrics = flat_numbers(record, f"seed-{seed}", skip=("timing",))  # a unit's wall time is no result
+        if metrics:
+            self._safely("metrics", lambda: self.log_metrics(metrics, step=generation, axis="generation"))
+
+    @hookimpl
+    def on_unit_end(self, unit: Any, record: Any) -> None:
+        def log() -> None:
+            history = record.curves() if record is not None else None
+            prefix = f"curves/{unit.key}"
+            for i, at in enumerate(history.at if history is not None else ()):
+                point = {f"{prefix}/{k}": v[i] for k, v in history.series.items() if v[i] is not None}
+                if point:
+                    self.log_metrics(point, step=at, axis=f"{prefix}/{history.axis}")
+
+        self._safely("training curves", log)
+
+    @hookimpl
+    def on_run_end(self, run_dir: Path, figures: Sequence[Path]) -> None:
+        if figures:
+            self._safely("figures", lambda: self.log_files(list(figures), folder="report"))
+        if (run_dir / "results.json").exists():
+            self._safely("results.json", lambda: self.log_files([run_dir / "results.json"], folder=""))
+        self.end(failed=False)
+
+    def end(self, *, failed: bool) -> None:
+        """Finish the tracker run once, if it started (the harness calls this when the run ends or fails)."""
+        if self._state in ("started", "broken"):
+            self._state = "finished"
+            self.finish(failed=failed)
+
+    def _safely(self, what: str, call: Callable[[], None]) -> None:
+        if self._state != "started":
+            return
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - a tracker's failure never stops a run
+            self._state = "broken"
+            logging.getLogger("harness.trackers").warning(
+                "tracker %r could not log the %s (%s: %s); it logs nothing more in this run", self.name, what,
+                type(exc).__name__, (str(exc).strip().splitlines() or [""])[0])
+
+
 #: The kinds of plugin, in the order ``bench plugins`` lists them.
-KINDS: tuple[str, ...] = ("datasets", "generators", "classifiers", "filters")
-BASES: dict[str, type] = {"datasets": Dataset, "generators": Generator, "classifiers": Classifier, "filters": Filter}
+KINDS: tuple[str, ...] = ("datasets", "generators", "classifiers", "filters", "trackers")
+BASES: dict[str, type] = {"datasets": Dataset, "generators": Generator, "classifiers": Classifier, "filters": Filter,
+                          "trackers": Tracker}

@@ -8,17 +8,19 @@ say what each unit does; this module runs them. ``results.json`` is a pure funct
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from harness.engine.plan import Unit, generation_blocks, plan, unit
 from harness.engine.progress import RunLog
-from harness.engine.records import ClassifierResult, EvaluateResult, read_record
+from harness.engine.records import RECORDS, ClassifierResult, EvaluateResult, read_record
 from harness.engine.rundir import read_json, write_json
 from harness.engine.stages import RunContext
 from harness.errors import RunDirError
 from harness.measure.fid import preflight as fid_preflight
 from harness.plugin import factory
+from harness.plugin.factory import PluginRef
 from harness.plugin.manager import Plugins
 from harness.publish.results import Results, collect_results, git_commit, write_results
 from harness.scale.executor import LocalExecutor
@@ -41,8 +43,20 @@ def prepare_run_dir(spec: RunSpec) -> Path:
     return run_dir
 
 
-def run(spec: RunSpec, plugins: Plugins, *, reporter: Any = None, executor: Any = None) -> Results:
-    """Run (or resume) the whole plan, then write and return ``results.json`` (:class:`harness.publish.results.Results`)."""
+def run(spec: RunSpec, plugins: Plugins, *, reporter: Any = None, executor: Any = None,
+        trackers: Sequence[PluginRef] = (), report: Callable[[Path], Sequence[Path]] | None = None) -> Results:
+    """Run (or resume) the whole plan, then write and return ``results.json`` (:class:`harness.publish.results.Results`).
+
+    :param trackers: the experiment trackers to attach for this run (``bench run --tracker``; name and options).
+    :param report: draws the report from the run directory once ``results.json`` is written, returning the figure
+        files, before ``on_run_end`` (which hands them to the hooks, so trackers log them).
+    """
+    with factory.tracking(trackers, plugins):  # a tracker whose library is missing fails before any work
+        return _run(spec, plugins, reporter, executor, report)
+
+
+def _run(spec: RunSpec, plugins: Plugins, reporter: Any, executor: Any,
+         report: Callable[[Path], Sequence[Path]] | None) -> Results:
     reporter = RunLog(spec, reporter)  # log lines (logger `bench`, RUN_DIR/run.log) around the caller's bars
     ctx = RunContext(spec, spec.run_dir, plugins, reporter)
     _ = ctx.data  # load (and verify) the dataset first: missing data fails before any work or progress
@@ -62,6 +76,9 @@ def run(spec: RunSpec, plugins: Plugins, *, reporter: Any = None, executor: Any 
 
     def on_done(u: Unit) -> None:
         reporter.unit_done(u)
+        if hook.on_unit_end.get_hookimpls():  # read the unit's record only when someone listens
+            record = read_record(u, run_dir, RECORDS[u.stage])
+            hook.on_unit_end(spec=spec, unit=u, record=record, run_dir=run_dir)
         if u.seed is None:
             return
         block = remaining[(u.seed, u.generation)]
@@ -82,7 +99,8 @@ def run(spec: RunSpec, plugins: Plugins, *, reporter: Any = None, executor: Any 
         reporter.end()
     results = collect_results(ctx, elapsed=time.perf_counter() - t_start)
     write_results(run_dir, results)
-    hook.on_run_end(spec=spec, results=results, run_dir=run_dir)
+    figures = tuple(report(run_dir)) if report is not None else ()
+    hook.on_run_end(spec=spec, results=results, run_dir=run_dir, figures=figures)
     return results
 
 

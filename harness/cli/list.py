@@ -6,12 +6,12 @@ import typer
 
 from harness.cli import app, fail, user_errors
 
-KINDS = ("datasets", "generators", "classifiers", "filters")
+KINDS = ("datasets", "generators", "classifiers", "filters", "trackers")
 
 
 @app.command("list")
 @user_errors
-def list_plugins(kind: str = typer.Argument(..., help="datasets | generators | classifiers | filters")) -> None:
+def list_plugins(kind: str = typer.Argument(..., help="datasets | generators | classifiers | filters | trackers")) -> None:
     """List the registered plugins of one kind (names on stdout, one per line); one warning line on stderr per
     plugin that cannot be used (bench plugins shows them all)."""
     if kind not in KINDS:

@@ -58,6 +58,25 @@ def overrides_from_flags(**flags: Any) -> dict[str, Any]:
     return deep_merge(out, parse_set(list(flags["set"])))
 
 
+def tracker_refs(names: list[str], options: list[str]) -> list[Any]:
+    """The ``--tracker`` names with their ``--tracker-option NAME.KEY=VALUE`` options (values read as in ``--set``),
+    as plugin specs."""
+    from harness.errors import ConfigError
+    from harness.specs import PluginSpec, deep_merge, parse_set
+
+    chosen: dict[str, dict[str, Any]] = {}
+    for item in options:
+        key, sep, raw = item.partition("=")
+        name, dot, field = key.strip().partition(".")
+        if not sep or not dot or not field:
+            raise ConfigError(f"--tracker-option expects NAME.KEY=VALUE (e.g. mlflow.tracking_uri=http://host:5000), "
+                              f"got {item!r}")
+        if name not in names:
+            raise ConfigError(f"--tracker-option {item!r} is for tracker {name!r}, which no --tracker selects")
+        chosen[name] = deep_merge(chosen.get(name, {}), parse_set([f"{field}={raw}"]))
+    return [PluginSpec(name=n, options=chosen.get(n, {})) for n in names]
+
+
 def writable_out(out: Path) -> None:
     """Create ``out`` (the parent of run directories) and check that files can be written in it.
 
@@ -166,6 +185,14 @@ def run(
     verify: bool = typer.Option(False, "--verify", help="Check the run directory's finished units (sizes, sha256); "
                                 "one line per damaged unit on stdout, exit 2 if any; run nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
+    tracker: list[str] = typer.Option(
+        [], "--tracker", help="Log the run to an experiment tracker (repeatable): mlflow, tensorboard, wandb "
+        "(bench list trackers). Files under the run directory by default; W&B offline.",
+    ),
+    tracker_option: list[str] = typer.Option(
+        [], "--tracker-option", help="A tracker's option, NAME.KEY=VALUE (repeatable), e.g. "
+        "mlflow.tracking_uri=http://host:5000 or wandb.mode=online.",
+    ),
 ) -> None:
     """Run the self-consuming loop; print the results path on stdout and a summary on stderr.
 
@@ -188,6 +215,7 @@ def run(
 
     spec = build_spec("quick", cfg, overrides_from_flags(**flags), paper_defaults=factory.paper_defaults(plugins))
     spec = resolve_spec(spec, plugins)
+    trackers = tracker_refs(tracker, tracker_option)
     console = Console(stderr=True)
     if verify:
         raise typer.Exit(verify_run_dir(spec, console))
@@ -218,9 +246,23 @@ def run(
     bars = not quiet and console.is_terminal  # else (a log file, a pipe): a plain line per unit and generation
     reporter = RichReporter(total, console=console) if bars else NullReporter()
     lines = log_to_stream(sys.stderr) if not (quiet or bars) else contextlib.nullcontext()
+    from harness.errors import BenchError
+    from harness.publish.report import write_report
+
+    figures: list[Path] | None = None
+
+    def draw(run_dir: Path) -> list[Path]:
+        """The report, drawn before the run's end hooks so that trackers log its figures; a warning if it fails."""
+        nonlocal figures
+        try:
+            figures = write_report(run_dir)
+        except BenchError as exc:
+            console.print(f"[yellow]warning:[/] report: {escape(str(exc))}")
+        return figures or []
+
     try:
         with console_warnings(console), lines:
-            results = loop.run(spec, plugins, reporter=reporter, executor=runner)
+            results = loop.run(spec, plugins, reporter=reporter, executor=runner, trackers=trackers, report=draw)
     except Exception as exc:
         from harness.engine.rundir import disk_full
         from harness.errors import RunDirError
@@ -239,13 +281,5 @@ def run(
         from harness.publish.summary import print_summary
 
         print_summary(results, console)
-    from harness.errors import BenchError
-    from harness.publish.report import write_report
-
-    try:
-        figures = write_report(spec.run_dir)
-    except BenchError as exc:
-        console.print(f"[yellow]warning:[/] report: {escape(str(exc))}")
-    else:
-        if not quiet:
-            console.print(f"figures: {spec.run_dir / 'report'} ({len(figures)} PNG)")
+    if figures is not None and not quiet:
+        console.print(f"figures: {spec.run_dir / 'report'} ({len(figures)} PNG)")

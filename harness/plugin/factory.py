@@ -4,12 +4,14 @@
 :class:`~harness.plugin.manager.Plugins` (the installed plugins by default), validates the user's options with the
 class's ``Options`` model (a :class:`ConfigError` of one line if they are wrong) and calls the class with the
 validated options and the context the caller passes. A classifier family (``timm:resnet18``) also gets its
-``variant``.
+``variant``. :func:`tracking` builds the trackers a run selects and attaches them to the plugin manager.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +20,8 @@ from pydantic import ValidationError
 from harness.errors import ConfigError, format_validation_error
 from harness.interfaces import Options
 from harness.plugin.manager import Plugins, default_plugins
+
+log = logging.getLogger("harness.trackers")
 
 
 class PluginRef(Protocol):
@@ -76,6 +80,40 @@ def preflight(kind: str, ref: PluginRef, plugins: Plugins | None = None) -> Reso
     elif kind != "datasets":
         resolved.cls.preflight(resolved.options)
     return resolved
+
+
+@contextlib.contextmanager
+def tracking(refs: Sequence[PluginRef], plugins: Plugins | None = None) -> Iterator[list[Any]]:
+    """The trackers ``refs`` name (``bench run --tracker``), attached to ``plugins`` for the block: each resolved,
+    preflighted (its library is installed: else a :class:`ConfigError` before any work) and built, then registered
+    on the plugin manager, so it receives the lifecycle hooks; on leaving, unregistered and finished once, as
+    failed when the block raises (a run that ends normally has finished them in ``on_run_end``)."""
+    plugins = plugins or default_plugins()
+    names = [ref.name for ref in refs]
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"tracker {twice!r} is selected twice; select each tracker once")
+    trackers = []
+    for ref in refs:
+        resolved = preflight("trackers", ref, plugins)
+        tracker = resolved.cls(resolved.options)
+        tracker.name = ref.name
+        trackers.append(tracker)
+    for tracker, name in zip(trackers, names, strict=True):
+        plugins.pm.register(tracker, name=f"tracker:{name}:{id(tracker)}")
+    failed = True
+    try:
+        yield trackers
+        failed = False
+    finally:
+        for tracker in trackers:
+            plugins.pm.unregister(tracker)
+            try:
+                tracker.end(failed=failed)
+            except Exception:  # noqa: BLE001 - closing a tracker never hides the run's own error
+                if not failed:
+                    raise
+                log.warning("tracker %r could not be closed after the run failed", tracker.name, exc_info=True)
 
 
 def paper_defaults(plugins: Plugins | None = None) -> Callable[[str], Mapping[str, Any]]:
