@@ -123,3 +123,17 @@ def test_help_texts_have_no_restructuredtext_markup():
     assert len(texts) > 40
     marked = [(p, t) for p, t in texts if "``" in t or ":class:" in t or ":func:" in t or ":meth:" in t]
     assert marked == []
+
+
+def test_an_unexpected_error_is_not_hidden_by_the_error_handling(monkeypatch, capsys):
+    # main() handles click's exceptions; any other error propagates as itself (not an AttributeError of the handler)
+    import pytest
+
+    import harness.cli as cli
+
+    def boom(**_):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(cli, "app", boom)
+    with pytest.raises(ZeroDivisionError):
+        cli.main()

@@ -135,6 +135,8 @@ def main() -> None:
     except ImportError:  # pragma: no cover - a typer that uses click itself
         from click import exceptions as click
 
+    # Ctrl-C outside a command body; typer keeps its Abort beside its vendored click, click in its exceptions
+    ABORT = getattr(click, "Abort", None) or getattr(typer, "Abort", KeyboardInterrupt)
     try:
         code = app(standalone_mode=False)
     except click.NoArgsIsHelpError as exc:  # `bench` alone: the help, as usual
@@ -145,7 +147,7 @@ def main() -> None:
         hint = f" (see {ctx.command_path} --help)" if isinstance(exc, click.UsageError) and ctx is not None else ""
         fail(" ".join(exc.format_message().split()) + hint, exc.exit_code)
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except ABORT:
         fail("aborted", 130)
         sys.exit(130)
     except BrokenPipeError:  # e.g. `bench list datasets | head`
