@@ -179,3 +179,53 @@ def test_runs_that_cannot_be_pooled_are_refused(mutate, match):
         fit_study(runs, n_boot=10)
     with pytest.raises(ValueError, match="at least one run"):
         fit_study([], n_boot=10)
+
+
+# ------------------------------------------------------------------------------------- benchmarks/conjecture.py
+
+
+@pytest.mark.slow
+def test_the_conjecture_script_pools_a_real_replay_sweep(tmp_path, plugins, capsys):
+    """A tiny 2 × 2 replay sweep (embedded digits, 3 seeds, one generation, control twins), run for real, then
+    benchmarks/conjecture.py: the design is read from the specs, u follows the design, the files are written."""
+    from benchmarks import conjecture
+    from harness.scale.sweep import build_sweep, parse_sweep, run_sweep
+    from tests.conftest import tiny_config
+
+    base = tiny_config(
+        generator={"name": "replay", "options": {}},
+        filter={"name": "none", "keep": 1.0},
+        loop={"generations": 1, "samples_per_generation": 300, "mix_ratio": 0.5, "control": True},
+        dataset={"options": {"train_size": 300}},
+        metrics={"bias": "gap", "oracle": {"max_epochs": 3}},
+        seeds=[0, 1, 2],
+    )
+    base["generator"] = {"name": "replay", "options": {}}  # tiny_config's dcgan options do not apply
+    grid = {"generator.options.flip": [0.0, 0.4], "generator.options.shift": [0.0, 1.0]}
+    runs = build_sweep(parse_sweep({"base": base, "grid": grid}), plugins, out=tmp_path / "sweep")
+    assert all(o.status == "complete" for o in run_sweep(runs, plugins))
+
+    figure, out = tmp_path / "fig.png", tmp_path / "fit.json"
+    assert conjecture.main([str(tmp_path / "sweep"), "--figure", str(figure), "--json", str(out),
+                            "--n-boot", "50"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["measure"] == "gap"
+    assert doc["design_keys"] == ["generator.options.flip", "generator.options.shift"]
+    assert len(doc["runs"]) == 4 and doc["seeds"] == [0, 1, 2]
+    fit = doc["fits"]["all"]
+    assert fit["n_runs"] == 4 and fit["n_seeds"] == 3 and fit["status"] in ("identified", "not_identified")
+    for n in doc["per_run"]:
+        # u is observed without error on Colorized MNIST: shift moves each class's 0.8 majority share to 1
+        assert n["u"][0]["mean"] == pytest.approx(0.2 * n["design"]["shift"], abs=0.03)
+        assert n["verdict"]["label"] in ("amplified", "reduced", "no detectable change", "inconclusive")
+        assert len(n["B"]) == 2 and len(n["A"]) == 1
+    q = {(n["design"]["flip"], n["design"]["shift"]): n["q"][0]["mean"] for n in doc["per_run"]}
+    assert q[(0.4, 0.0)] < 0.8 * q[(0.0, 0.0)]  # flips lower the label fidelity (E[q] ≈ 0.6 acc + a little)
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "fit of A_t = B_t+1 / B_t, every generation" in printed and "paired factor" in printed
+
+    # a mistake is one line on stderr and exit code 2
+    (tmp_path / "empty").mkdir()
+    assert conjecture.main([str(tmp_path / "empty"), "--no-figure", "--no-json"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
