@@ -7,6 +7,7 @@ say what each unit does; this module runs them. ``results.json`` is a pure funct
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,7 +15,12 @@ from typing import Any
 
 from harness.engine.plan import Unit, generation_blocks, plan, unit
 from harness.engine.progress import RunLog
-from harness.engine.records import RECORDS, ClassifierResult, EvaluateResult, read_record
+from harness.engine.records import (
+    RECORDS,
+    ClassifierResult,
+    EvaluateResult,
+    read_record,
+)
 from harness.engine.rundir import read_json, write_json
 from harness.engine.stages import RunContext
 from harness.errors import RunDirError
@@ -72,7 +78,7 @@ def _run(spec: RunSpec, plugins: Plugins, reporter: Any, executor: Any,
     units = plan(spec)
     blocks = generation_blocks(units)
     remaining = {k: {u.key for u in v} for k, v in blocks.items()}
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() - previous_wall_time(run_dir)  # a resumed run adds to the sessions before
 
     def on_done(u: Unit) -> None:
         reporter.unit_done(u)
@@ -102,6 +108,14 @@ def _run(spec: RunSpec, plugins: Plugins, reporter: Any, executor: Any,
     figures = tuple(report(run_dir)) if report is not None else ()
     hook.on_run_end(spec=spec, results=results, run_dir=run_dir, figures=figures)
     return results
+
+
+def previous_wall_time(run_dir: Path) -> float:
+    """``timing.total_s`` of the results an earlier session of this run wrote (0 if none, or unreadable)."""
+    try:
+        return float(json.loads((run_dir / "results.json").read_text())["timing"]["total_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def _generation_record(ctx: RunContext, seed: int, t: int) -> dict[str, Any]:

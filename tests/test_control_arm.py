@@ -139,3 +139,15 @@ def test_quick_preset_trains_a_converged_generation_0_lenet(tmp_path):
     p = r.generations[0].classifiers["lenet"].per_seed[0]
     assert p.train.stopped_early and p.train.epochs < spec.training.max_epochs
     assert p.acc >= 0.90
+
+
+def test_a_resumed_run_adds_its_wall_time_to_the_sessions_before(tmp_path):
+    from harness.loop import previous_wall_time
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert previous_wall_time(run_dir) == 0.0
+    (run_dir / "results.json").write_text(json.dumps({"timing": {"total_s": 123.5}}))
+    assert previous_wall_time(run_dir) == 123.5
+    (run_dir / "results.json").write_text("{damaged")
+    assert previous_wall_time(run_dir) == 0.0

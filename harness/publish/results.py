@@ -327,7 +327,8 @@ class StageTiming(Model):
 
 
 class Timing(Model):
-    total_s: NonNeg
+    total_s: NonNeg = Field(description="Wall time of the sessions that ran this run, summed (a resumed run adds its "
+                            "session; one killed before it wrote results.json is not counted).")
     stages: dict[str, StageTiming]
     finished_at: str
 
