@@ -35,9 +35,13 @@ def verdict_text(name: str, v: Any) -> str:
     else:
         effect = f"E = {v.effect:+.4f} [{v.ci_low:+.4f}, {v.ci_high:+.4f}]"
     mde = "-" if v.mde is None else f"{v.mde:.4f}"
-    need = "" if v.seeds_needed is None else f"; {v.seeds_needed} seeds × {v.replicates} replicates reach ε"
+    need = "" if v.seeds_needed is None else f"; {_n(v.seeds_needed, 'seed')} × {_n(v.replicates, 'replicate')} reach ε"
     return (f"verdict {name}: {v.label.upper()} — {effect}, ε = {v.epsilon:g}, MDE = {mde} "
-            f"({v.seeds} seeds × {v.replicates} replicates{need})")
+            f"({_n(v.seeds, 'seed')} × {_n(v.replicates, 'replicate')}{need})")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def verdict_lines(results: Any) -> list[str]:
