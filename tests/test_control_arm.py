@@ -151,3 +151,16 @@ def test_a_resumed_run_adds_its_wall_time_to_the_sessions_before(tmp_path):
     assert previous_wall_time(run_dir) == 123.5
     (run_dir / "results.json").write_text("{damaged")
     assert previous_wall_time(run_dir) == 0.0
+
+
+def test_the_summary_warns_when_control_twins_are_under_trained():
+    # The committed SeqGenSeqClass reproduction collapses: treated classifiers peak after one epoch, so their
+    # steps-budget twins barely train (accuracy ~0.5 on two classes); the quick job's twins are fine.
+    from harness.publish.summary import verdict_lines
+
+    entries = REPO / "leaderboard" / "entries"
+    collapsed = verdict_lines(load_results(entries / "colored-mnist-wyllie-vae-ea7f2192bb.json"))
+    assert any("control twins reach accuracy" in line and "under-trained" in line for line in collapsed)
+    quick = verdict_lines(load_results(entries / "colored-mnist-dcgan-be7db2f109.json"))
+    assert not any("under-trained" in line for line in quick)
+    assert quick[0].startswith("verdict (pooled): INCONCLUSIVE") and "no interval: 1 seed" in quick[0]

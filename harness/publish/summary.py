@@ -56,9 +56,40 @@ def verdict_lines(results: Any) -> list[str]:
     if block.pooled is not None:
         lines.append(verdict_text("(pooled)", block.pooled))
     lines += [verdict_text(m, v) for m, v in block.per_classifier.items()]
+    lines += undertrained_controls(results)
     gens = block.generations
     lines.append(f"  effect E = mean over t = {gens[0]}..{gens[-1]} of Δ_t(B), B = {block.measure}, treated minus "
                  f"control twin ({block.control_budget} budget); rule: {block.rule}")
+    return lines
+
+
+#: A control twin whose mean accuracy falls this far below generation 0's is reported as under-trained.
+UNDERTRAINED_GAP = 0.1
+
+
+def undertrained_controls(results: Any) -> list[str]:
+    """A warning line per classifier whose control twins are much less accurate than its generation-0 models.
+
+    Under the ``steps`` budget a twin trains for the steps its treated twin took to its best epoch; where the
+    synthetic data makes that epoch come early (a collapsing loop), the twin is barely trained and the paired
+    effect compares against a broken baseline (docs/metrics.md)."""
+    lines = []
+    if not results.generations:
+        return lines
+    for name, gen0 in results.generations[0].classifiers.items():
+        base = gen0.mean.acc.mean
+        worst = None
+        for g in results.generations[1:]:
+            record = g.classifiers.get(name)
+            acc = record.control_mean.acc.mean if record is not None and record.control_mean is not None else None
+            if base is not None and acc is not None and acc < base - UNDERTRAINED_GAP and (
+                    worst is None or acc < worst[1]):
+                worst = (g.generation, acc)
+        if worst is not None:
+            budget = results.spec.get("loop", {}).get("control_budget", "steps")
+            lines.append(f"  warning: {name}'s control twins reach accuracy {worst[1]:.3f} at t = {worst[0]} against "
+                         f"{base:.3f} at generation 0: under-trained ({budget} budget), so its verdict compares "
+                         "against a weak baseline; see loop.control_budget = recipe")
     return lines
 
 
