@@ -298,7 +298,6 @@ def _fit_once(Bm: np.ndarray, qm: np.ndarray, um: np.ndarray, eps: float, x0: np
     ``theta`` (``[log c_M..., a, b]``, NaN for a classifier without points), ``r2``, ``spread`` (sd of ``1 - q``
     and of ``u`` over the points) and ``condition`` (of the column-scaled Jacobian at ``theta``).
     """
-    from scipy.optimize import least_squares  # heavy import, only when fitting
 
     M = Bm.shape[0]
     b0, b1 = Bm[:, :-1], Bm[:, 1:]
@@ -325,6 +324,56 @@ def _fit_once(Bm: np.ndarray, qm: np.ndarray, um: np.ndarray, eps: float, x0: np
 
     x1, x2, y = x1_t[t_idx], x2_t[t_idx], np.log(A[m_idx, t_idx])
     col = np.searchsorted(present, m_idx)  # parameter column of each point's c_M
+    return fit_points(y, x1, x2, col, present, M, x0=x0, base=base, skipped=skipped)
+
+
+def _design_problems(point: Mapping[str, Any]) -> list[str]:
+    """Why the design of a converged fit cannot pin down ``a`` and ``b`` (empty when it can).
+
+    The spread (standard deviation over the fitted points) of ``1 - q_t`` and of ``u_t`` must reach
+    :data:`FIT_MIN_SPREAD`, and the condition number of the Jacobian at the fit, columns scaled to unit length,
+    must not exceed :data:`FIT_MAX_CONDITION`.
+    """
+    problems = []
+    for name, sd in zip(("1 - q_t", "u_t"), point["spread"], strict=True):
+        if sd < FIT_MIN_SPREAD:
+            problems.append(f"{name} varies too little (sd {sd:.3g} < {FIT_MIN_SPREAD:g})")
+    if not point["condition"] <= FIT_MAX_CONDITION:
+        problems.append(f"the design is ill-conditioned (condition number {point['condition']:.3g} > "
+                        f"{FIT_MAX_CONDITION:g}): a, b and the c_M trade off against each other")
+    return problems
+
+
+def _identifiability(x1: np.ndarray, x2: np.ndarray, col: np.ndarray, P: int) -> str | None:
+    """Why ``a`` and ``b`` cannot be told apart from the ``c_M``, or None when they can.
+
+    Linearised at ``a = b = 0`` the model is ``log c_M + a x1 + b x2``; (a, b) are identifiable iff ``x1`` and
+    ``x2``, after removing each classifier's mean (what the ``c_M`` absorb), are linearly independent.
+    """
+    counts = np.bincount(col, minlength=P)
+    resid = []
+    for name, x in (("1 - q_t", x1), ("u_t", x2)):
+        r = x - (np.bincount(col, weights=x, minlength=P) / counts)[col]
+        size = max(float(np.linalg.norm(x)), 1e-12)
+        if np.linalg.norm(r) <= _CONSTANT_RTOL * size:
+            return f"{name} does not vary across the fitted generations (e.g. q or u constant)"
+        resid.append(r / np.linalg.norm(r))
+    s = np.linalg.svd(np.column_stack(resid), compute_uv=False)
+    if s[-1] < _COLLINEAR_TOL:
+        return "1 - q_t and u_t vary in lockstep (collinear), so their effects cannot be separated"
+    return None
+
+
+def fit_points(y: np.ndarray, x1: np.ndarray, x2: np.ndarray, col: np.ndarray, present: np.ndarray, M: int, *,
+               x0: np.ndarray | None, base: dict, skipped: str = "") -> dict:
+    """Least squares of ``log A = log c_M + log(1 + a·x1 + b·x2)`` on points ``(y = log A, x1 = 1 − q, x2 = u)``
+    whose classifier is column ``col`` of the ``present`` classifiers (of ``M``), after the identifiability check:
+    the core that :func:`fit_amplification` and :func:`harness.measure.study.fit_study` share. Returns ``base``
+    updated with the status, ``theta`` (``c_M`` logs for all ``M``, then ``a``, ``b``), R², spread and the
+    condition number of the column-scaled Jacobian."""
+    from scipy.optimize import least_squares
+
+    n = y.size
     problem = _identifiability(x1, x2, col, present.size)
     if problem:
         return base | {"status": "failed", "message": problem}
@@ -382,40 +431,3 @@ def _fit_once(Bm: np.ndarray, qm: np.ndarray, um: np.ndarray, eps: float, x0: np
         "spread": (float(x1.std()), float(x2.std())),
         "condition": float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf,
     }
-
-
-def _design_problems(point: Mapping[str, Any]) -> list[str]:
-    """Why the design of a converged fit cannot pin down ``a`` and ``b`` (empty when it can).
-
-    The spread (standard deviation over the fitted points) of ``1 - q_t`` and of ``u_t`` must reach
-    :data:`FIT_MIN_SPREAD`, and the condition number of the Jacobian at the fit, columns scaled to unit length,
-    must not exceed :data:`FIT_MAX_CONDITION`.
-    """
-    problems = []
-    for name, sd in zip(("1 - q_t", "u_t"), point["spread"], strict=True):
-        if sd < FIT_MIN_SPREAD:
-            problems.append(f"{name} varies too little (sd {sd:.3g} < {FIT_MIN_SPREAD:g})")
-    if not point["condition"] <= FIT_MAX_CONDITION:
-        problems.append(f"the design is ill-conditioned (condition number {point['condition']:.3g} > "
-                        f"{FIT_MAX_CONDITION:g}): a, b and the c_M trade off against each other")
-    return problems
-
-
-def _identifiability(x1: np.ndarray, x2: np.ndarray, col: np.ndarray, P: int) -> str | None:
-    """Why ``a`` and ``b`` cannot be told apart from the ``c_M``, or None when they can.
-
-    Linearised at ``a = b = 0`` the model is ``log c_M + a x1 + b x2``; (a, b) are identifiable iff ``x1`` and
-    ``x2``, after removing each classifier's mean (what the ``c_M`` absorb), are linearly independent.
-    """
-    counts = np.bincount(col, minlength=P)
-    resid = []
-    for name, x in (("1 - q_t", x1), ("u_t", x2)):
-        r = x - (np.bincount(col, weights=x, minlength=P) / counts)[col]
-        size = max(float(np.linalg.norm(x)), 1e-12)
-        if np.linalg.norm(r) <= _CONSTANT_RTOL * size:
-            return f"{name} does not vary across the fitted generations (e.g. q or u constant)"
-        resid.append(r / np.linalg.norm(r))
-    s = np.linalg.svd(np.column_stack(resid), compute_uv=False)
-    if s[-1] < _COLLINEAR_TOL:
-        return "1 - q_t and u_t vary in lockstep (collinear), so their effects cannot be separated"
-    return None

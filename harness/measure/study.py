@@ -31,7 +31,7 @@ from harness.measure.amplification import (
     FIT_MIN_BOOTSTRAP,
     FIT_MIN_SEEDS,
     _design_problems,
-    _identifiability,
+    fit_points,
 )
 from harness.measure.intervals import Interval, interval_from_draws
 
@@ -282,8 +282,6 @@ def _fit(y: np.ndarray, x1: np.ndarray, x2: np.ndarray, col: np.ndarray, where: 
     """Least squares of ``log A = log c_M + log(1 + a x1 + b x2)`` over the points (the algorithm of
     ``fit_amplification``: a first-order start pulled into ``1 + a x1 + b x2 > 0``, trust-region steps with the
     analytic Jacobian). ``theta = [log c_0 .. log c_{M-1} (NaN: no point), a, b]``."""
-    from scipy.optimize import least_squares  # heavy import, only when fitting
-
     M = A.shape[1]
     n, total = int(y.size), where[3]
     present = np.unique(col)
@@ -296,57 +294,7 @@ def _fit(y: np.ndarray, x1: np.ndarray, x2: np.ndarray, col: np.ndarray, where: 
             f"too few points to fit: {n} defined amplification factors{skipped} for {n_params} parameters "
             f"({P} classifier scales c_M + a + b); the fit needs at least {n_params + 1}")}
     pcol = np.searchsorted(present, col)
-    problem = _identifiability(x1, x2, pcol, P)
-    if problem:
-        return base | {"status": "failed", "message": problem}
-    onehot = np.zeros((n, P))
-    onehot[np.arange(n), pcol] = 1.0
-
-    def z_of(theta: np.ndarray) -> np.ndarray:
-        return 1.0 + theta[P] * x1 + theta[P + 1] * x2
-
-    def residuals(theta: np.ndarray) -> np.ndarray:
-        return theta[pcol] + np.log(np.maximum(z_of(theta), _Z_FLOOR)) - y
-
-    def jacobian(theta: np.ndarray) -> np.ndarray:
-        z = np.maximum(z_of(theta), _Z_FLOOR)
-        return np.column_stack([onehot, x1 / z, x2 / z])
-
-    if x0 is not None and np.isfinite(x0[-2:]).all():
-        start = np.concatenate([np.where(np.isfinite(x0[present]), x0[present], 0.0), x0[-2:]])
-    else:
-        start = np.linalg.lstsq(np.column_stack([onehot, x1, x2]), y, rcond=None)[0]
-    for _ in range(60):
-        if z_of(start).min() > 0.05:
-            break
-        start[P:] *= 0.5
-    else:
-        start[P:] = 0.0
-    try:
-        res = least_squares(residuals, start, jac=jacobian, method="trf", xtol=1e-12, ftol=1e-12, gtol=1e-12)
-    except (ValueError, np.linalg.LinAlgError) as exc:  # pragma: no cover - scipy-internal failures
-        return base | {"status": "failed", "message": f"least squares failed: {exc}"}
-    if res.status <= 0 or not np.isfinite(res.x).all():
-        return base | {"status": "failed", "message": f"least squares did not converge: {res.message}"}
-    if z_of(res.x).min() <= 0:
-        return base | {"status": "failed", "message": "the fit left the region 1 + a(1-q) + b u > 0"}
-    J = jacobian(res.x)
-    J = J / np.maximum(np.linalg.norm(J, axis=0), 1e-300)
-    sv = np.linalg.svd(J, compute_uv=False)
-    ss_res = float(np.sum(res.fun**2))
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    theta = np.full(M + 2, np.nan)
-    theta[present] = res.x[:P]
-    theta[M:] = res.x[P:]
-    note = f"; {M - P} classifier(s) without a defined factor (c_M null)" if M - P else ""
-    return base | {
-        "status": "ok",
-        "message": f"fitted {n} points from {P} classifier(s){skipped}{note}",
-        "theta": theta,
-        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else None,
-        "spread": (float(x1.std()), float(x2.std())),
-        "condition": float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf,
-    }
+    return fit_points(y, x1, x2, pcol, present, M, x0=x0, base=base, skipped=skipped)
 
 
 def _point_records(point: Mapping[str, Any], labels: Sequence[str], names: Sequence[str],
