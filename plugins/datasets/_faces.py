@@ -8,12 +8,13 @@ import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from harness.errors import DataError
+from harness.interfaces import Dataset
 from harness.interfaces import Options as BaseOptions
 from plugins.datasets import _imagefolder
 from plugins.datasets._common import stratified_pick
@@ -131,3 +132,36 @@ def check_readable(path: Path, dataset: str, hint: str) -> bytes:
         raise DataError(f"{dataset}: {path} not found; {hint}.") from None
     except OSError as exc:
         raise DataError(f"{dataset}: cannot read {path} ({exc.strerror or exc}); {hint}.") from None
+
+
+class FaceDataset(Dataset):
+    """What CelebA and FairFace share: their release folder found under ``--data-root``, and one sentence saying
+    what to get and where to put it when it is not there."""
+
+    #: The dataset's registry name, for messages.
+    dataset_name: ClassVar[str]
+    #: The file, relative to the data root, whose absence says the release is not there.
+    marker: ClassVar[str]
+
+    @staticmethod
+    def find_dir(root: Path) -> Path | None:
+        """The release folder under ``root``, or None."""
+        raise NotImplementedError
+
+    @staticmethod
+    def download_hint(where: Path | str = "DIR") -> str:
+        """How to get the files and where to put them."""
+        raise NotImplementedError
+
+    def _folder(self) -> Path:
+        if self.data_root is None:
+            raise DataError(f"{self.dataset_name} needs its files but no --data-root was given; "
+                            f"{self.download_hint()}.")
+        root = Path(self.data_root).expanduser()
+        folder = self.find_dir(root)
+        if folder is None:
+            raise DataError(f"{self.dataset_name}: no {root / self.marker}; {self.download_hint(root)}.")
+        return folder
+
+    def _hint(self) -> str:
+        return self.download_hint(Path(self.data_root).expanduser() if self.data_root is not None else "DIR")

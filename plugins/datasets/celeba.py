@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from harness.errors import DataError
-from harness.interfaces import Dataset, DatasetBundle
+from harness.interfaces import DatasetBundle
 from harness.interfaces import Options as BaseOptions
 from plugins.datasets import _faces
 
@@ -201,24 +201,16 @@ def _parse_table(text: str, columns: int, path: Path, hint: str) -> tuple[np.nda
     return names, values
 
 
-class CelebA(Dataset):
+class CelebA(_faces.FaceDataset):
     """CelebA faces: the class is one attribute, the subgroup another (or an intersection), scope global."""
 
     Options: ClassVar[type[BaseOptions]] = CelebAOptions
+    dataset_name = "celeba"
+    marker = f"{BASE_FOLDER}/{ATTR_FILE}"
+    find_dir = staticmethod(find_celeba_dir)
+    download_hint = staticmethod(download_hint)
 
     options: CelebAOptions
-
-    def _folder(self) -> Path:
-        if self.data_root is None:
-            raise DataError(f"celeba needs its files but no --data-root was given; {download_hint()}.")
-        root = Path(self.data_root).expanduser()
-        folder = find_celeba_dir(root)
-        if folder is None:
-            raise DataError(f"celeba: no {root / BASE_FOLDER / ATTR_FILE}; {download_hint(root)}.")
-        return folder
-
-    def _hint(self) -> str:
-        return download_hint(Path(self.data_root).expanduser() if self.data_root is not None else "DIR")
 
     def _splits(self) -> tuple[Path, Annotations, dict[str, tuple[list[str], np.ndarray, np.ndarray]]]:
         """The folder, the annotations and per split the image paths, labels and subgroups after subsampling,

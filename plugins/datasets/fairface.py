@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from harness.errors import DataError
-from harness.interfaces import Dataset, DatasetBundle
+from harness.interfaces import DatasetBundle
 from harness.interfaces import Options as BaseOptions
 from plugins.datasets import _faces
 
@@ -164,24 +164,16 @@ def read_labels(path: Path, *, hint: str) -> tuple[list[str], dict[str, np.ndarr
     return files, codes, raw
 
 
-class FairFace(Dataset):
+class FairFace(_faces.FaceDataset):
     """FairFace faces: the class is one column (gender), the subgroup the others (race × binary age), global."""
 
     Options: ClassVar[type[BaseOptions]] = FairFaceOptions
+    dataset_name = "fairface"
+    marker = f"fairface/{CSV_FILES['train']}"
+    find_dir = staticmethod(find_fairface_dir)
+    download_hint = staticmethod(download_hint)
 
     options: FairFaceOptions
-
-    def _folder(self) -> Path:
-        if self.data_root is None:
-            raise DataError(f"fairface needs its files but no --data-root was given; {download_hint()}.")
-        root = Path(self.data_root).expanduser()
-        folder = find_fairface_dir(root)
-        if folder is None:
-            raise DataError(f"fairface: no {root / 'fairface' / CSV_FILES['train']}; {download_hint(root)}.")
-        return folder
-
-    def _hint(self) -> str:
-        return download_hint(Path(self.data_root).expanduser() if self.data_root is not None else "DIR")
 
     def _splits(self) -> tuple[Path, dict[str, Any]]:
         """The folder and, per split, image paths, labels and subgroups after subsampling, having checked that
