@@ -268,3 +268,27 @@ def test_report_of_a_folder_without_results_is_a_one_line_error(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"schema_version": 7}))
     r = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert r.exit_code == 2 and "unknown schema_version 7" in r.stderr
+
+
+def test_names_with_dollar_signs_are_drawn_as_text_not_mathtext(tmp_path, monkeypatch):
+    from tests.conftest import REPO
+
+    # A classifier or run name from a stranger's results file may hold "$...$": the report's figures are built
+    # with mathtext off, so such a name is drawn as it is written.
+    import shutil
+
+    import matplotlib
+
+    from harness.publish import report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(REPO / "leaderboard" / "entries" / "colored-mnist-dcgan-be7db2f109.json", run / "results.json")
+    seen = []
+
+    def spy(results):
+        seen.append(matplotlib.rcParams["text.parse_math"])
+
+    monkeypatch.setattr(report, "amplification_figure", spy)
+    report.write_report(run, tmp_path / "out")
+    assert seen == [False] and matplotlib.rcParams["text.parse_math"] is True

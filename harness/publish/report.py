@@ -749,6 +749,15 @@ def write_report(run_dir: Path, out_dir: Path | None = None, *, data_root: Path 
     run_dir = Path(run_dir)
     results = run_results(run_dir, data_root=data_root, plugins=plugins)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    import matplotlib
+
+    # Names come from results files and plugins: text, never mathtext (a name with two "$" would be typeset).
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _write_figures(run_dir, results, out, formats, data_root=data_root, plugins=plugins)
+
+
+def _write_figures(run_dir: Path, results: Any, out: Path, formats: Sequence[str], *, data_root: Path | None,
+                   plugins: Any) -> list[Path]:
     figures: list[tuple[str, Any]] = []
     if results.generations:
         figures += [("metrics", metrics_figure(results)), ("worst_k", worst_k_figure(results))]
