@@ -16,7 +16,7 @@ Per unit, ``rate / alone`` at or above ``1 / 2`` means two concurrent units lose
 machine's throughput is shared, not wasted). Ratios within one run are the result; absolute rates depend on what
 else the machine runs.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/threads.py [--steps 60]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/threads.py [--steps 40]
 
 (``OMP_NUM_THREADS`` of the calling shell is removed for the workers: the cases set their counts themselves.)
 """
@@ -128,7 +128,7 @@ def run_case(mode: str, cpu_sets: list[list[int]], data: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=60, help="dcgan steps per unit (batch 64)")
+    ap.add_argument("--steps", type=int, default=40, help="dcgan steps per unit (batch 64)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--cpus", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
