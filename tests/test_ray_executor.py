@@ -189,11 +189,11 @@ def test_a_sweep_on_ray_gives_the_same_results_files_as_local(tmp_path, plugins,
     data = {"base": base(), "grid": {"loop.mix_ratio": [0.25, 0.5]}}
     on_ray = run_sweep(sweep_of(tmp_path, plugins, data, "ray"), plugins, executor=ray_executor)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # Ray gives each 1-CPU task one thread; CPU sums depend on the thread count
-    try:
-        local = run_sweep(sweep_of(tmp_path, plugins, data, "local"), plugins, executor=LocalExecutor())
-    finally:
-        torch.set_num_threads(threads)
+    # Ray gives each 1-CPU task one thread; CPU sums (and the recorded thread count) depend on it, so the local
+    # executor runs its units with one thread too (else it would take every CPU of the process: no OMP_NUM_THREADS
+    # in CI)
+    local = run_sweep(sweep_of(tmp_path, plugins, data, "local"), plugins, executor=LocalExecutor(torch_threads=1))
+    assert torch.get_num_threads() == threads  # the executor restored the process's count
     assert [o.status for o in on_ray] == [o.status for o in local] == ["complete", "complete"]
     for r, l in zip(on_ray, local, strict=True):
         assert r.run.run_id == l.run.run_id and r.run.run_dir != l.run.run_dir
