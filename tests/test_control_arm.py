@@ -128,15 +128,18 @@ def test_committed_version_1_entries_still_load():
 def test_quick_preset_trains_a_converged_generation_0_lenet(tmp_path):
     # The default job measures converged classifiers: early stopping ends training before the epoch cap, and
     # generation-0 LeNet reaches at least 0.90 test accuracy on the embedded Colorized MNIST (issue 13 item 8).
+    # CPU sums depend on the thread count, and so does this number (0.915 with one thread, 0.893 with two:
+    # docs/benchmarks.md), so the test fixes one thread, as the measurement did.
     from harness.loop import run
     from harness.plugin.manager import create_plugin_manager
+    from harness.scale.executor import LocalExecutor
     from harness.specs import resolve_spec
 
     plugins = create_plugin_manager()
     spec = resolve_spec(build_spec("quick", {"loop": {"generations": 0}, "classifiers": ["lenet"],
                                              "metrics": {"oracle": {"max_epochs": 1}},
                                              "out": str(tmp_path / "runs")}), plugins)
-    r = run(spec, plugins)
+    r = run(spec, plugins, executor=LocalExecutor(torch_threads=1))
     p = r.generations[0].classifiers["lenet"].per_seed[0]
     assert p.train.stopped_early and p.train.epochs < spec.training.max_epochs
     assert p.acc >= 0.90
