@@ -54,7 +54,7 @@ class Interval(BaseModel):
 # ---------------------------------------------------------------------------------------------- statistics
 
 
-def _nanmean(x: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
+def nanmean(x: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
     """Mean of the finite entries along ``axis``; NaN where there is none (no warnings)."""
     finite = np.isfinite(x)
     count = finite.sum(axis=axis)
@@ -68,7 +68,7 @@ def seed_replicate_mean(x: np.ndarray) -> np.ndarray:
 
     Each seed weighs the same however many of its replicates are present (NaN-aware).
     """
-    return _nanmean(_nanmean(x, axis=2), axis=1)
+    return nanmean(nanmean(x, axis=2), axis=1)
 
 
 def hierarchical_mean(x: np.ndarray) -> np.ndarray:
@@ -79,7 +79,7 @@ def hierarchical_mean(x: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(x, dtype=float)
     if x.ndim > 3:
-        x = _nanmean(x, axis=tuple(range(3, x.ndim)))
+        x = nanmean(x, axis=tuple(range(3, x.ndim)))
     return seed_replicate_mean(x)
 
 

@@ -31,9 +31,11 @@ from harness.measure.amplification import (
     FIT_MIN_BOOTSTRAP,
     FIT_MIN_SEEDS,
     _design_problems,
+    _exp_or_none,
+    _finite_or_none,
     fit_points,
 )
-from harness.measure.intervals import Interval, interval_from_draws
+from harness.measure.intervals import Interval, interval_from_draws, nanmean
 
 __all__ = ["StudyFit", "StudyPoint", "StudyRun", "fit_study"]
 
@@ -142,7 +144,7 @@ def fit_study(
     K, M, S, R, _ = bias.shape
     labels = [r.label for r in runs]
 
-    point = _fit(*_points(_bbar(bias), _mean0(q, axis=1), _mean0(u, axis=1), gens, eps))
+    point = _fit(*_points(_bbar(bias), nanmean(q, axis=1), nanmean(u, axis=1), gens, eps))
     base_points = _point_records(point, labels, names, runs, gens)
     empty = {name: _no_estimate() for name in names}
     result: dict[str, Any] = {
@@ -170,7 +172,7 @@ def fit_study(
         rng = np.random.default_rng(seed)
         for i in range(n_boot):
             idx = rng.integers(0, S, size=S)  # the same seeds for every run
-            pts = _points(_bbar(bias[:, :, idx]), _mean0(q[:, idx], axis=1), _mean0(u[:, idx], axis=1), gens, eps)
+            pts = _points(_bbar(bias[:, :, idx]), nanmean(q[:, idx], axis=1), nanmean(u[:, idx], axis=1), gens, eps)
             draws_A[i] = pts[5]
             fit = _fit(*pts, x0=theta)
             if fit["status"] == "ok":
@@ -246,18 +248,9 @@ def _stack(runs: Sequence[StudyRun], generations: Sequence[int] | None):
     return np.stack(bias), np.stack(q), np.stack(u), names, gens
 
 
-def _mean0(x: np.ndarray, axis: int) -> np.ndarray:
-    """NaN-aware mean along ``axis``; NaN where nothing is finite (no warnings)."""
-    finite = np.isfinite(x)
-    count = finite.sum(axis=axis)
-    total = np.where(finite, x, 0.0).sum(axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
 def _bbar(bias: np.ndarray) -> np.ndarray:
     """``(K, M, S, R, T+1)`` → ``(K, M, T+1)``: the mean over replicates within each seed, then over seeds."""
-    return _mean0(_mean0(bias, axis=3), axis=2)
+    return nanmean(nanmean(bias, axis=3), axis=2)
 
 
 def _points(Bbar: np.ndarray, q: np.ndarray, u: np.ndarray, gens: Sequence[int], eps: float):
@@ -308,8 +301,8 @@ def _point_records(point: Mapping[str, Any], labels: Sequence[str], names: Seque
     for k, m, j in zip(k_idx.tolist(), m_idx.tolist(), j_idx.tolist(), strict=True):
         run = runs[k]
         t = int(gens[j])
-        qv = float(_mean0(np.asarray(run.q, dtype=float)[:, t], axis=0))
-        uv = float(_mean0(np.asarray(run.u, dtype=float)[:, t], axis=0))
+        qv = float(nanmean(np.asarray(run.q, dtype=float)[:, t], axis=0))
+        uv = float(nanmean(np.asarray(run.u, dtype=float)[:, t], axis=0))
         est = float(A[k, m, j])
         col = draws_A[:, k, m, j] if draws_A is not None else np.empty(0)
         iv = interval_from_draws(est, col, seeds=S, replicates=R, bounds=(0.0, None), log=True,
@@ -329,12 +322,3 @@ def _no_estimate() -> Interval:
                     dropped=0, seeds=0, replicates=0, note="no estimate: the fit is not identified (see message)")
 
 
-def _finite_or_none(v: Any) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def _exp_or_none(v: float) -> float | None:
-    return _finite_or_none(math.exp(v)) if math.isfinite(v) else None
