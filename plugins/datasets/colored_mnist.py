@@ -479,6 +479,13 @@ class _MNISTDigits(Dataset):
                 f"{self.name} option {split}_size={size} exceeds the {available} {split} images of this source"
             )
 
+    def _read_splits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """The source's grey digits and labels, train then test, each subsampled by the options; and the source info."""
+        train_gray, train_labels, test_gray, test_labels, info = self._read_source()
+        train_gray, train_labels = self._subsample("train", train_gray, train_labels)
+        test_gray, test_labels = self._subsample("test", test_gray, test_labels)
+        return train_gray, train_labels, test_gray, test_labels, info
+
     def _subsample(self, split: str, gray: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         size = self.options.train_size if split == "train" else self.options.test_size
         if size is None:
@@ -550,9 +557,7 @@ class ColoredMNIST(_MNISTDigits):
         from harness.imageset import ImageSet
 
         o = self.options
-        train_gray, train_labels, test_gray, test_labels, info = self._read_source()
-        train_gray, train_labels = self._subsample("train", train_gray, train_labels)
-        test_gray, test_labels = self._subsample("test", test_gray, test_labels)
+        train_gray, train_labels, test_gray, test_labels, info = self._read_splits()
 
         rgb = self.color_rgb
         sets: dict[str, ImageSet] = {}
@@ -618,9 +623,7 @@ class ColoredMNISTWyllie(_MNISTDigits):
         from harness.imageset import ImageSet
 
         o = self.options
-        train_gray, train_digits, test_gray, test_digits, info = self._read_source()
-        train_gray, train_digits = self._subsample("train", train_gray, train_digits)
-        test_gray, test_digits = self._subsample("test", test_gray, test_digits)
+        train_gray, train_digits, test_gray, test_digits, info = self._read_splits()
         rgb = self.color_rgb
         sets: dict[str, ImageSet] = {}
         records: dict[str, dict[str, Any]] = {}
