@@ -129,7 +129,7 @@ def test_an_unexpected_error_is_not_hidden_by_the_error_handling(monkeypatch, ca
     # main() handles click's exceptions; any other error propagates as itself (not an AttributeError of the handler)
     import pytest
 
-    import harness.cli as cli
+    from harness import cli
 
     def boom(**_):
         raise ZeroDivisionError("boom")
@@ -137,3 +137,34 @@ def test_an_unexpected_error_is_not_hidden_by_the_error_handling(monkeypatch, ca
     monkeypatch.setattr(cli, "app", boom)
     with pytest.raises(ZeroDivisionError):
         cli.main()
+
+
+def _needs_shared_data(path: Path) -> bool:
+    import tomllib
+
+    spec = tomllib.loads(path.read_text())
+    spec = spec.get("base", spec)
+    return spec.get("dataset", {}).get("options", {}).get("source") == "torchvision"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_committed_config_resolves_and_finds_its_data(path):
+    """The configs the docs tell researchers to run (and the leaderboard's reproduce commands name) stay valid as the
+    spec evolves: each resolves, plans and passes ``--dry-run``'s data check."""
+    from tests.conftest import shared_data_root
+
+    sweep = "\n[base]" in path.read_text()
+    args = ["sweep", path, "--dry-run"] if sweep else ["run", "--config", path, "--dry-run"]
+    if _needs_shared_data(path):
+        root = shared_data_root()
+        if not (root / "MNIST").is_dir():
+            pytest.skip(f"{path.name} reads torchvision MNIST: no MNIST folder under {root} (set BENCH_DATA_ROOT)")
+        if not sweep:  # a sweep names its data_root in the file
+            args += ["--data-root", root]
+    r = bench(*args)
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.stdout)
+    if sweep:
+        assert shown["runs"] and all(run["units"] > 0 for run in shown["runs"])
+    else:
+        assert shown["units"] and "train" in shown["data"]
