@@ -126,7 +126,9 @@ class RealDraw(Record):
     """How the real part of D_t was drawn (loop.synthetic_fraction, loop.disparity_amplification)."""
 
     mode: Literal["fresh", "disparity"] = Field(
-        description="fresh: uniformly at random from D_real; disparity: by the previous classifier's outcomes.")
+        description="fresh: uniformly at random from D_real; disparity: by the previous classifier's outcomes — "
+        "D_real's subgroup shares kept, and within each subgroup the classes in f_{t-1}'s predicted-label shares "
+        "for it (bench's reading of Wyllie et al., docs/wyllie.md).")
     count: int = Field(ge=0, description="Real images drawn.")
     classifier: str | None = Field(None, description="disparity: the classifier of generation t-1 that was used.")
     predicted: list[list[Share]] | None = Field(
