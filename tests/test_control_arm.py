@@ -168,3 +168,20 @@ def test_the_summary_warns_when_control_twins_are_under_trained():
     quick = verdict_lines(load_results(entries / "colored-mnist-dcgan-be7db2f109.json"))
     assert not any("under-trained" in line for line in quick)
     assert quick[0].startswith("verdict (pooled): INCONCLUSIVE") and "no interval: 1 seed" in quick[0]
+
+
+def test_an_inconclusive_verdict_whose_mde_is_below_the_margin_says_why():
+    # The reference study (3 seeds × 2 replicates): the large-sample MDE (2.8 SE) is below ε = 0.01, yet the
+    # expanded interval at 3 seeds reaches past ε. The line must not leave "3 seeds bring it to ε" unexplained.
+    from harness.measure.intervals import expansion_factor
+    from harness.publish.summary import verdict_lines, verdict_text
+
+    results = load_results(REPO / "leaderboard" / "entries" / "colored-mnist-dcgan-2116c23910.json")
+    lenet = results.verdict.per_classifier["lenet"]
+    assert lenet.label == "inconclusive" and lenet.mde < lenet.epsilon < lenet.ci_high
+    line = verdict_text("lenet", lenet)
+    assert f"at 3 seeds the rule's interval is {expansion_factor(3):.2f}×" in line and "2.69×" in line
+    assert all("large-sample" in ln for ln in verdict_lines(results) if ln.startswith("verdict"))
+    # a decided verdict, or one whose MDE is above the margin, needs no such clause
+    assert "large-sample" not in verdict_text("lenet", lenet.model_copy(update={"label": "no detectable change"}))
+    assert "large-sample" not in verdict_text("lenet", lenet.model_copy(update={"mde": 0.02}))

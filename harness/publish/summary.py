@@ -35,9 +35,18 @@ def verdict_text(name: str, v: Any) -> str:
     else:
         effect = f"E = {v.effect:+.4f} [{v.ci_low:+.4f}, {v.ci_high:+.4f}]"
     mde = "-" if v.mde is None else f"{v.mde:.4f}"
-    need = "" if v.seeds_needed is None else f"; {_n(v.seeds_needed, 'seed')} × {_n(v.replicates, 'replicate')} reach ε"
-    return (f"verdict {name}: {v.label.upper()} — {effect}, ε = {v.epsilon:g}, MDE = {mde} "
+    need = ("" if v.seeds_needed is None
+            else f"; {_n(v.seeds_needed, 'seed')} × {_n(v.replicates, 'replicate')} bring it to ε")
+    line = (f"verdict {name}: {v.label.upper()} — {effect}, ε = {v.epsilon:g}, MDE = {mde} "
             f"({_n(v.seeds, 'seed')} × {_n(v.replicates, 'replicate')}{need})")
+    if (v.label == "inconclusive" and v.ci_low is not None and v.mde is not None and v.mde <= v.epsilon
+            and "expanded" in v.method):
+        # the MDE is the large-sample 2.8 SE; the rule's interval is wider with few seeds (docs/metrics.md)
+        from harness.measure.intervals import expansion_factor
+
+        line += (f"; the MDE is the large-sample 2.8 SE, and at {_n(v.seeds, 'seed')} the rule's interval is "
+                 f"{expansion_factor(v.seeds):.2f}× the plain bootstrap's: more seeds narrow it")
+    return line
 
 
 def _n(count: int, noun: str) -> str:
