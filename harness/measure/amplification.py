@@ -239,10 +239,7 @@ def fit_amplification(
             fit = _fit_once(_seed_mean(B[idx]), _seed_mean(q[idx]), _seed_mean(u[idx]), eps, x0=theta)
             if fit["status"] == "ok":
                 draws[k] = fit["theta"]
-        fitted = int(np.isfinite(draws[:, M]).sum())
-        boot_text = f"{fitted} of {n_boot} bootstrap resamples of {S} seeds refitted"
-        if fitted < FIT_MIN_BOOTSTRAP * n_boot:
-            problems.append(f"only {boot_text} (needs ≥ {FIT_MIN_BOOTSTRAP:.0%})")
+        _, boot_text = _refits(draws[:, M], S, problems)
     if problems:
         return result | {"status": "not_identified",
                          "message": f"not identified: {'; '.join(problems)} ({point['message']})"}
@@ -266,6 +263,16 @@ def fit_amplification(
 
 
 # ------------------------------------------------------------------------------------------------- pieces
+
+
+def _refits(column: np.ndarray, seeds: int, problems: list[str]) -> tuple[int, str]:
+    """How many bootstrap refits converged (finite in ``column``, one row per resample) and the sentence saying so;
+    appends the identification problem to ``problems`` when fewer than ``FIT_MIN_BOOTSTRAP`` of them did."""
+    fitted, n_boot = int(np.isfinite(column).sum()), int(column.shape[0])
+    text = f"{fitted} of {n_boot} bootstrap resamples of {seeds} seeds refitted"
+    if fitted < FIT_MIN_BOOTSTRAP * n_boot:
+        problems.append(f"only {text} (needs ≥ {FIT_MIN_BOOTSTRAP:.0%})")
+    return fitted, text
 
 
 def _finite_or_none(v: Any) -> float | None:

@@ -28,11 +28,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.measure.amplification import (
-    FIT_MIN_BOOTSTRAP,
     FIT_MIN_SEEDS,
     _design_problems,
     _exp_or_none,
     _finite_or_none,
+    _refits,
     fit_points,
 )
 from harness.measure.intervals import Interval, interval_from_draws, nanmean
@@ -177,10 +177,7 @@ def fit_study(
             fit = _fit(*pts, x0=theta)
             if fit["status"] == "ok":
                 draws[i] = fit["theta"]
-        fitted = int(np.isfinite(draws[:, M]).sum())
-        boot_text = f"{fitted} of {n_boot} bootstrap resamples of {S} seeds refitted"
-        if fitted < FIT_MIN_BOOTSTRAP * n_boot:
-            problems.append(f"only {boot_text} (needs ≥ {FIT_MIN_BOOTSTRAP:.0%})")
+        fitted, boot_text = _refits(draws[:, M], S, problems)
     spread = {"1-q": point["spread"][0], "u": point["spread"][1]}
     condition = _finite_or_none(point["condition"])
     result |= {"spread": spread, "condition": condition, "resamples": max(n_boot, 0), "refitted": fitted,
